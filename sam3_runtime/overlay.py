@@ -25,11 +25,11 @@ def draw_instances(
     """Blend each mask in its colour, outline its box and write its label above the box."""
     out = image.astype(np.float32).copy()
     color_ids = color_ids if color_ids is not None else list(range(len(masks)))
-    for mask, cid in zip(masks, color_ids):
+    for mask, cid in zip(masks, color_ids, strict=True):
         out[mask] = (1 - alpha) * out[mask] + alpha * np.array(palette(cid), dtype=np.float32)
     canvas = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    for box, label, cid in zip(boxes, labels, color_ids):
+    for box, label, cid in zip(boxes, labels, color_ids, strict=True):
         color = palette(cid)
         draw.rectangle(box, outline=color, width=2)
         x, y = box[0], max(0.0, box[1] - 12)

@@ -25,7 +25,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: no such image file")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e.__class__.__name__}); pass a PNG, JPEG or another format Pillow reads") from e
 

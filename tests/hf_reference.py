@@ -7,10 +7,28 @@ the same ``Sam3Config`` the runtime uses, with seeded random weights, and compar
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 from sam3_runtime.config import Sam3Config
+
+# The published checkpoints' key lists (names, shapes, dtypes), kept with the tests.
+DATA_DIR = Path(__file__).parent / "data"
+HF_TSV = DATA_DIR / "sam3_hf_video_state_dict.tsv"
+OFFICIAL_TSV = DATA_DIR / "sam3_official_video_state_dict.tsv"
+
+
+def reference_shapes(prefix: str, tsv: Path = HF_TSV) -> dict[str, tuple[int, ...]]:
+    """Shapes of the published checkpoint's keys under ``prefix``, with the prefix stripped."""
+    shapes = {}
+    for line in tsv.read_text().splitlines():
+        if line.startswith("#") or not line.startswith(prefix):
+            continue
+        key, shape, _ = line.split("\t")
+        shapes[key[len(prefix):]] = tuple(int(s) for s in shape.split("x"))
+    assert shapes, f"no reference key starts with {prefix!r}"
+    return shapes
 
 
 def hf_video_config(config: Sam3Config):

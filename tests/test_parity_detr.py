@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,8 @@ from sam3_runtime.modeling.layers import box_cxcywh_to_xyxy, inverse_sigmoid
 from sam3_runtime.modeling.scoring import DotProductScoring
 
 pytest.importorskip("transformers")
-from tests.hf_reference import hf_video_model  # noqa: E402
+from tests.hf_reference import hf_video_model, reference_shapes  # noqa: E402
 
-REFERENCE_TSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sam3_hf_video_state_dict.tsv"
 TINY = Sam3Config.tiny()
 DET = TINY.detector
 D = DET.detr_encoder_config.hidden_size
@@ -213,15 +211,6 @@ def test_logit_clamps_match_reference(hf_detector, modules):
     _close(logits, ref_logits)
 
 
-def _reference_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in REFERENCE_TSV.read_text().splitlines():
-        key, shape, *_ = line.split("\t")
-        if key.startswith(prefix):
-            shapes[key[len(prefix) :]] = tuple(int(s) for s in shape.split("x")) if shape else ()
-    return shapes
-
-
 @pytest.mark.parametrize(
     ("prefix", "build"),
     [
@@ -231,9 +220,7 @@ def _reference_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
     ],
 )
 def test_full_size_keys_and_shapes(prefix, build):
-    if not REFERENCE_TSV.exists():
-        pytest.skip(f"{REFERENCE_TSV} not present")
-    expected = _reference_shapes(prefix)
+    expected = reference_shapes(prefix)
     assert expected, f"no reference keys under {prefix}"
     with torch.device("meta"):
         module = build(Sam3Config.full().detector)

@@ -9,18 +9,13 @@ that leave the feature map and both sampling modes.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from sam3_runtime.config import Sam3Config
 from sam3_runtime.modeling.geometry_encoder import GeometryEncoder, roi_align
 from sam3_runtime.modeling.mask_head import MaskHead
-from tests.hf_reference import reference_roi_align
-
-REFERENCE_TSV = Path("/work/shared/reference/sam3_hf_video_state_dict.tsv")
-
+from tests.hf_reference import reference_roi_align, reference_shapes
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -30,15 +25,6 @@ def _assert_close(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-4) -> 
     torch.testing.assert_close(ours, ref, rtol=rtol, atol=rtol * 0.1 * float(ref.abs().max()) + 1e-7)
     rel = (ours.double() - ref.double()).norm() / ref.double().norm().clamp(min=1e-12)
     assert rel < rtol, f"relative error {rel:.2e}"
-
-
-def _reference_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in REFERENCE_TSV.read_text().splitlines():
-        name, shape, *_ = line.split("\t")
-        if name.startswith(prefix):
-            shapes[name[len(prefix):]] = tuple(int(s) for s in shape.split("x")) if shape else ()
-    return shapes
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +207,7 @@ def test_full_size_keys_match_reference(prefix, build):
     with torch.device("meta"):
         module = build(Sam3Config.full())
     ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    expected = _reference_shapes(prefix)
+    expected = reference_shapes(prefix)
     assert expected, f"no reference keys under {prefix}"
     assert ours == expected
 

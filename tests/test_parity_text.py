@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +16,8 @@ from sam3_runtime.modeling.text_encoder import (
     select_text_weights,
 )
 from sam3_runtime.tokenizer import Sam3Tokenizer, build_clip_tokenizer
-from tests.hf_reference import hf_video_model
+from tests.hf_reference import hf_video_model, reference_shapes
 
-REFERENCE_TSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sam3_hf_video_state_dict.tsv"
 TINY = Sam3Config.tiny()
 
 
@@ -167,11 +165,9 @@ def test_rejects_bad_inputs(ours):
 def test_full_size_keys_and_shapes_match_reference():
     model = _build(Sam3Config.full(), device="meta")
     ours_shapes = {k: "x".join(map(str, v.shape)) for k, v in model.state_dict().items()}
-    ref_shapes = {}
-    for line in REFERENCE_TSV.read_text().splitlines():
-        key, shape = line.split("\t")[:2]
-        if key.startswith(("detector_model.text_encoder.", "detector_model.text_projection.")):
-            ref_shapes[key.removeprefix("detector_model.")] = shape
+    ref_shapes = {
+        "text_encoder." + k: "x".join(map(str, v)) for k, v in reference_shapes("detector_model.text_encoder.").items()
+    } | {"text_projection." + k: "x".join(map(str, v)) for k, v in reference_shapes("detector_model.text_projection.").items()}
     assert len(ref_shapes) == 24 * 16 + 7
     assert ours_shapes == ref_shapes
     n_params = sum(math.prod(p.shape) for p in model.parameters())

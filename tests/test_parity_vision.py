@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +12,7 @@ from sam3_runtime.config import Sam3Config, ViTConfig
 from sam3_runtime.modeling.fpn import FPNNeck, VisionEncoder
 from sam3_runtime.modeling.position import SinePositionEncoding
 from sam3_runtime.modeling.vit import ViTBackbone, window_partition, window_unpartition
-from tests.hf_reference import _randomize, hf_video_model
-
-REFERENCE_TSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sam3_hf_video_state_dict.tsv"
+from tests.hf_reference import _randomize, hf_video_model, reference_shapes
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
@@ -166,19 +163,6 @@ def test_sine_position_encoding_matches_hf():
     assert_close(ours.encode_boxes(boxes), ref.encode_boxes(boxes))
 
 
-def _reference_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
-    if not REFERENCE_TSV.exists():
-        pytest.skip(f"reference key list not found at {REFERENCE_TSV}")
-    shapes = {}
-    for line in REFERENCE_TSV.read_text().splitlines():
-        if line.startswith("#") or not line.startswith(prefix):
-            continue
-        key, shape, _ = line.split("\t")
-        shapes[key[len(prefix):]] = tuple(int(s) for s in shape.split("x"))
-    assert shapes, f"no key starts with {prefix!r}"
-    return shapes
-
-
 @pytest.mark.parametrize(
     ("prefix", "build"),
     [
@@ -188,7 +172,7 @@ def _reference_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
     ],
 )
 def test_full_size_keys_and_shapes(prefix, build):
-    expected = _reference_shapes(prefix)
+    expected = reference_shapes(prefix)
     with torch.device("meta"):
         model = build(Sam3Config.full().detector.vision_config)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -1,0 +1,141 @@
+"""The whole SAM 3 model, and loading it from a checkpoint.
+
+``Sam3Model``'s parameter names are the canonical checkpoint key space (the transformers
+format: ``detector_model.*``, ``tracker_model.*``, ``tracker_neck.*``), so a transformers-format
+``model.safetensors`` loads as it is and the official ``sam3.pt`` after a key conversion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sam3_runtime.checkpoint import (
+    CheckpointError,
+    KeyReport,
+    check_state_dict,
+    load_state_dict,
+    load_strict,
+    read_key_list_tsv,
+    resolve_checkpoint,
+)
+from sam3_runtime.config import Sam3Config
+from sam3_runtime.device import resolve_device, resolve_dtype
+from sam3_runtime.modeling.detector import Sam3Detector
+from sam3_runtime.modeling.fpn import FPNNeck
+from sam3_runtime.modeling.text_encoder import TextEmbeddingCache, TextFeatures
+from sam3_runtime.modeling.tracker import TrackerModel
+from sam3_runtime.tokenizer import Sam3Tokenizer, build_clip_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class Sam3Model(nn.Module):
+    """Detector + tracker, sharing the detector's ViT; the tracker reads it through its own neck."""
+
+    def __init__(self, config: Sam3Config):
+        super().__init__()
+        self.config = config
+        self.detector_model = Sam3Detector(config.detector)
+        self.tracker_model = TrackerModel(config.tracker)
+        self.tracker_neck = FPNNeck(config.detector.vision_config)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: weights on the device, its tokenizer and a per-prompt text cache."""
+
+    model: Sam3Model
+    config: Sam3Config
+    tokenizer: Sam3Tokenizer
+    device: torch.device
+    dtype: torch.dtype
+    model_id: str
+    text_cache: TextEmbeddingCache = field(default_factory=lambda: TextEmbeddingCache(max_entries=4096))
+
+    @torch.inference_mode()
+    def text_features(self, prompts: list[str]) -> TextFeatures:
+        """Projected text tokens ``[P, L, d]`` and their validity mask ``[P, L]``, each prompt encoded once."""
+
+        def compute(missing: list[str]):
+            ids, mask = self.tokenizer.encode(missing)
+            return self.model.detector_model.encode_text(ids.to(self.device), mask.to(self.device))
+
+        return self.text_cache.get_or_compute(prompts, compute)
+
+
+def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+               token: str | None = None) -> LoadedModel:
+    """Load a checkpoint (hub repo id, local directory, ``.pt`` or ``.safetensors`` file), strictly."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    resolved = resolve_checkpoint(spec, token=token)
+    config = _read_config(resolved.config_path)
+    if resolved.tokenizer_path is None:
+        raise CheckpointError(
+            f"{spec}: no tokenizer.json found next to the weights; use a checkpoint directory that holds "
+            "config.json, model.safetensors and tokenizer.json (as facebook/sam3 does)"
+        )
+    state = load_state_dict(resolved)
+    with torch.device("meta"):
+        model = Sam3Model(config)
+    load_strict(model, state)  # assigns the loaded tensors in place of the meta ones
+    model = model.to(device=dev, dtype=dt).eval()
+    tokenizer = Sam3Tokenizer.from_file(resolved.tokenizer_path, context_length=config.detector.text_config.max_position_embeddings)
+    logger.info("loaded %s on %s (%s)", resolved.model_id, dev, str(dt).removeprefix("torch."))
+    return LoadedModel(model=model, config=config, tokenizer=tokenizer, device=dev, dtype=dt, model_id=resolved.model_id)
+
+
+def _read_config(path: Path | None) -> Sam3Config:
+    if path is None:
+        # The official sam3.pt carries no config: it is the published full-size model.
+        return Sam3Config.full()
+    try:
+        return Sam3Config.from_hf_dict(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable config.json ({e})") from e
+
+
+def check_checkpoint(spec: str) -> KeyReport:
+    """Map a checkpoint's (or a ``.tsv`` key list's) keys onto the model, without loading weights.
+
+    The model is built on the meta device from the checkpoint's ``config.json`` when it has
+    one, else at full SAM 3 size (the official ``sam3.pt`` and the reference key lists).
+    """
+    if spec.endswith(".tsv"):
+        config, actual = Sam3Config.full(), read_key_list_tsv(spec)
+    else:
+        resolved = resolve_checkpoint(spec)
+        config = _read_config(resolved.config_path)
+        actual = {k: tuple(v.shape) for k, v in load_state_dict(resolved, meta=True).items()}
+    with torch.device("meta"):
+        model = Sam3Model(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return check_state_dict(expected, actual)
+
+
+def write_random_checkpoint(out_dir: str | Path, seed: int = 0, config: Sam3Config | None = None) -> Path:
+    """A transformers-format checkpoint directory with random weights and a small CLIP-style tokenizer.
+
+    Used by the demo and the tests: nothing here can download the real weights. The tokenizer
+    is trained on a small built-in word list, so ``config`` (default: the tiny preset) must
+    have a small text vocabulary.
+    """
+    from safetensors.torch import save_file
+
+    config = config or Sam3Config.tiny()
+    torch.manual_seed(seed)
+    model = Sam3Model(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+    text = config.detector.text_config
+    build_clip_tokenizer(text.vocab_size).save(str(out / "tokenizer.json"))
+    return out
