@@ -223,7 +223,12 @@ class Sam3Config:
 
     @classmethod
     def tiny(cls) -> Sam3Config:
-        """A few-MB model: 112 px input, 8x8 tokens, window 3 (padded to 9), 2 global blocks."""
+        """A few-MB model: 112 px input, 8x8 tokens, window 3 (padded to 9), 2 global blocks.
+
+        The model width is 128: the tracker's memory attention reads 64-channel memories (fixed
+        by the architecture) and splits each object pointer into width / 64 tokens, so 128 is
+        the smallest width that runs the tracker end to end with pointers really split.
+        """
         image_size = 112
         tokens = image_size // 14
         vit = ViTConfig(
@@ -231,7 +236,7 @@ class Sam3Config:
             image_size=image_size, window_size=3, global_attn_indexes=(1, 3), pretrain_image_size=56,
         )
         feature_sizes = ((tokens * 4,) * 2, (tokens * 2,) * 2, (tokens,) * 2)
-        d = 32
+        d = 128
         detector = DetectorConfig(
             vision_config=VisionConfig(backbone_config=vit, fpn_hidden_size=d, backbone_feature_sizes=feature_sizes),
             text_config=TextConfig(
@@ -239,24 +244,24 @@ class Sam3Config:
                 num_hidden_layers=2, num_attention_heads=2, bos_token_id=1022, eos_token_id=1023,
                 pad_token_id=1023,
             ),
-            geometry_encoder_config=GeometryEncoderConfig(hidden_size=d, num_layers=1, num_attention_heads=2, intermediate_size=64),
-            detr_encoder_config=DETREncoderConfig(hidden_size=d, num_layers=2, num_attention_heads=2, intermediate_size=64),
-            detr_decoder_config=DETRDecoderConfig(hidden_size=d, num_layers=2, num_queries=16, num_attention_heads=2, intermediate_size=64),
-            mask_decoder_config=MaskDecoderConfig(hidden_size=d, num_attention_heads=2),
+            geometry_encoder_config=GeometryEncoderConfig(hidden_size=d, num_layers=1, num_attention_heads=4, intermediate_size=128),
+            detr_encoder_config=DETREncoderConfig(hidden_size=d, num_layers=2, num_attention_heads=4, intermediate_size=128),
+            detr_decoder_config=DETRDecoderConfig(hidden_size=d, num_layers=2, num_queries=16, num_attention_heads=4, intermediate_size=128),
+            mask_decoder_config=MaskDecoderConfig(hidden_size=d, num_attention_heads=4),
         )
         tracker = TrackerConfig(
             image_size=image_size,
             prompt_encoder_config=TrackerPromptEncoderConfig(hidden_size=d, image_size=image_size),
-            mask_decoder_config=TrackerMaskDecoderConfig(hidden_size=d, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=d),
+            mask_decoder_config=TrackerMaskDecoderConfig(hidden_size=d, mlp_dim=128, num_attention_heads=4, iou_head_hidden_dim=d),
             memory_attention_hidden_size=d,
             memory_attention_num_layers=2,
-            memory_attention_feed_forward_hidden_size=64,
+            memory_attention_feed_forward_hidden_size=128,
             memory_attention_rope_feat_sizes=(tokens, tokens),
             memory_encoder_hidden_size=d,
-            memory_encoder_output_channels=16,
+            memory_encoder_output_channels=64,
             mask_downsampler_embed_dim=d,
             memory_fuser_embed_dim=d,
-            memory_fuser_intermediate_dim=64,
+            memory_fuser_intermediate_dim=128,
         )
         return cls(detector=detector, tracker=tracker)
 

@@ -65,7 +65,8 @@ def test_vision_encoder_matches_hf(encoder, pixels, hf_vision_out):
     for ours, theirs in zip(out.fpn_position_encodings, ref.fpn_position_encoding, strict=True):
         assert_close(ours, theirs)
     # Finest level is 4x the 8x8 token grid.
-    assert out.fpn_features[0].shape == (2, 32, 32, 32)
+    d = encoder.neck.fpn_layers[0].proj2.out_channels
+    assert out.fpn_features[0].shape == (2, d, 32, 32)
 
 
 def test_tracker_neck_matches_hf(tiny, hf, hf_vision_out):
