@@ -40,17 +40,21 @@ def hf_video_config(config: Sam3Config):
     return Sam3VideoConfig(**d)
 
 
-def hf_video_model(config: Sam3Config, seed: int = 0):
-    """A randomly initialised ``transformers.Sam3VideoModel`` in eval mode (fp32, CPU)."""
+def hf_video_model(config: Sam3Config, seed: int = 0, scale: float = 0.1):
+    """A randomly initialised ``transformers.Sam3VideoModel`` in eval mode (fp32, CPU).
+
+    ``scale`` is the standard deviation of the random weights: 0.1 keeps tiny models'
+    activations lively; deep full-size models need about 0.02 to stay well conditioned.
+    """
     from transformers import Sam3VideoModel
 
     torch.manual_seed(seed)
     model = Sam3VideoModel(hf_video_config(config)).eval()
-    _randomize(model, seed)
+    _randomize(model, seed, scale)
     return model
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
+def _randomize(model: torch.nn.Module, seed: int, scale: float) -> None:
     """Re-draw every parameter and buffer-like weight so that no path hides behind a zero init.
 
     transformers zero-initialises some layers (biases, layer scales, some embeddings);
@@ -62,9 +66,9 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             if not p.is_floating_point():
                 continue
             if name.endswith("weight") and "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(1.0 + scale * torch.randn(p.shape, generator=g))
             else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(scale * torch.randn(p.shape, generator=g))
 
 
 def hf_detector_state_dict(hf_video) -> dict[str, torch.Tensor]:
