@@ -44,6 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--json", dest="json_out", metavar="OUT|-", help="write results as JSON to a file or '-' for stdout")
     seg.add_argument("--overlay", metavar="OUT.png", help="draw masks, boxes and labels on the image(s)")
 
+    trk = sub.add_parser("track", help="track every instance of concepts (or boxed objects) through a video")
+    trk.add_argument("video", metavar="VIDEO")
+    _model_args(trk)
+    trk.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a concept to track; repeatable")
+    trk.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                     help="an object to track, boxed on the first frame in pixels; repeatable")
+    trk.add_argument("--fps", type=float, default=None, help="sample the video at this rate (default: every frame)")
+    trk.add_argument("--threshold", type=float, default=None, help="detection score threshold (default: the checkpoint's, 0.5)")
+    trk.add_argument("--hotstart", choices=["tentative", "off"], default="tentative",
+                     help="tentative: new tracks are flagged until SAM 3's hot-start confirms them (default); off: never retract")
+    trk.add_argument("--out", metavar="FILE.jsonl|FILE.parquet", help="one record per (frame, object)")
+    trk.add_argument("--overlay", metavar="OUT.mp4", help="write the video with masks and track ids drawn")
+    trk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
     ckpt = sub.add_parser("checkpoint", help="inspect or create checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="checkpoint_command", required=True, parser_class=_Parser)
     check = ckpt_sub.add_parser("check", help="map a checkpoint's keys onto the full-size model (no weights loaded)")
@@ -68,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "segment":
             return _segment(args)
+        if args.command == "track":
+            from pipeline.track import run_track
+
+            return run_track(args)
         if args.command == "checkpoint" and args.checkpoint_command == "check":
             return _checkpoint_check(args)
         if args.command == "checkpoint" and args.checkpoint_command == "init-random":

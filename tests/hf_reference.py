@@ -50,11 +50,11 @@ def hf_video_model(config: Sam3Config, seed: int = 0, scale: float = 0.1):
 
     torch.manual_seed(seed)
     model = Sam3VideoModel(hf_video_config(config)).eval()
-    _randomize(model, seed, scale)
+    randomize_weights(model, seed, scale)
     return model
 
 
-def _randomize(model: torch.nn.Module, seed: int, scale: float) -> None:
+def randomize_weights(model: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
     """Re-draw every parameter and buffer-like weight so that no path hides behind a zero init.
 
     transformers zero-initialises some layers (biases, layer scales, some embeddings);

@@ -12,7 +12,7 @@ from sam3_runtime.config import Sam3Config, ViTConfig
 from sam3_runtime.modeling.fpn import FPNNeck, VisionEncoder
 from sam3_runtime.modeling.position import SinePositionEncoding
 from sam3_runtime.modeling.vit import ViTBackbone, window_partition, window_unpartition
-from tests.hf_reference import _randomize, hf_video_model, reference_shapes
+from tests.hf_reference import hf_video_model, randomize_weights, reference_shapes
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
@@ -105,7 +105,7 @@ def _hf_vit(cfg: ViTConfig):
     d["global_attn_indexes"] = list(d["global_attn_indexes"])
     torch.manual_seed(0)
     model = Sam3ViTModel(Sam3ViTConfig(**d)).eval()
-    _randomize(model, 0)
+    randomize_weights(model, 0)
     return model
 
 

@@ -1,0 +1,1 @@
+"""Streaming video tracking: bounded per-stream object memories and batched tracker steps."""

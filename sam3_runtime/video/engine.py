@@ -1,0 +1,408 @@
+"""The streaming engine: many streams, one batched SAM 3 step per round of frames.
+
+``StreamingEngine.step`` takes at most one new frame for each of several sessions and runs:
+the backbone once per frame (one batch), the detector once per (frame, concept) pair (one
+batch, text features cached per concept), the tracker once for every object of every session
+(one batch, each object conditioned on its own stream's bounded memory), then SAM 3's video
+logic per session (``plan_frame``), and finally the memory encoder for all objects (batched).
+Frames arrive one at a time; nothing depends on a video's length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam3_runtime.config import VideoConfig
+from sam3_runtime.masks import masks_to_boxes
+from sam3_runtime.model import LoadedModel
+from sam3_runtime.preprocess import to_model_input
+from sam3_runtime.video.heuristics import Detections, filter_detections, non_overlapping
+from sam3_runtime.video.memory import ObjectMemory
+from sam3_runtime.video.planning import FramePlan, plan_frame
+from sam3_runtime.video.propagation import (
+    TrackerFrameFeatures,
+    add_objects_from_masks,
+    commit_memories,
+    propagate,
+    tracker_features,
+)
+from sam3_runtime.video.session import PromptedObject, TrackerSession
+from sam3_runtime.video.types import BOX_CONCEPT, EngineOptions, FrameResult, TrackedObject
+
+logger = logging.getLogger(__name__)
+
+
+class SessionError(ValueError):
+    """A request names a session that does not exist or cannot take it."""
+
+
+class StreamingEngine:
+    """Owns the model and the tracker sessions of the streams placed on it."""
+
+    def __init__(self, loaded: LoadedModel, options: EngineOptions | None = None, video: VideoConfig | None = None):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = loaded.device
+        self.options = options or EngineOptions()
+        self.video = video or loaded.config.video
+        self._sessions: dict[str, TrackerSession] = {}
+
+    # -- sessions ---------------------------------------------------------------------------
+    def open_session(self, stream_id: str, concepts: Sequence[str] = ()) -> None:
+        if stream_id in self._sessions:
+            raise SessionError(f"session {stream_id!r} is already open: close it first or use another stream id")
+        session = TrackerSession(stream_id=stream_id, memory=ObjectMemory.for_model(self.model, device=self.device))
+        self._sessions[stream_id] = session
+        for c in concepts:
+            self.add_concept(stream_id, c)
+
+    def close_session(self, stream_id: str) -> None:
+        self._session(stream_id)
+        del self._sessions[stream_id]
+
+    def reset_session(self, stream_id: str) -> None:
+        self._session(stream_id).reset()
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def session(self, stream_id: str) -> TrackerSession:
+        return self._session(stream_id)
+
+    def export_session(self, stream_id: str) -> dict:
+        """The session's whole state on the CPU, for ``import_session`` on another engine."""
+        return self._session(stream_id).state_dict()
+
+    def import_session(self, state: dict) -> str:
+        session = TrackerSession.from_state_dict(state, self.device)
+        if session.stream_id in self._sessions:
+            raise SessionError(f"session {session.stream_id!r} is already open on this engine")
+        self._sessions[session.stream_id] = session
+        return session.stream_id
+
+    def add_concept(self, stream_id: str, concept: str) -> int:
+        """Start detecting ``concept`` on the stream; other tracks keep their ids. Returns its prompt id."""
+        session = self._session(stream_id)
+        text = concept.strip()
+        if not text:
+            raise ValueError("empty concept: give a noun phrase such as 'forklift'")
+        if session.concept_id(text) is not None:
+            return session.concept_id(text)
+        pid = session.next_prompt_id
+        session.concepts[pid] = text
+        session.next_prompt_id += 1
+        return pid
+
+    def remove_concept(self, stream_id: str, concept: str) -> list[int]:
+        """Stop detecting ``concept`` and drop its tracks; returns the removed track ids."""
+        session = self._session(stream_id)
+        pid = session.concept_id(concept.strip())
+        if pid is None:
+            raise ValueError(f"stream {stream_id!r} has no concept {concept!r}; it has {sorted(session.concepts.values())}")
+        del session.concepts[pid]
+        mine = session.table.prompt_ids == pid
+        removed = session.table.obj_ids[mine].tolist()
+        session.table, keep = _without_rows(session.table, mine)
+        session.drop_table_rows(keep)
+        return removed
+
+    def add_box(self, stream_id: str, box_xyxy: Sequence[float]) -> int:
+        """Track the object in ``box_xyxy`` (pixels) from the stream's next frame on; returns its track id."""
+        box = tuple(float(v) for v in box_xyxy)
+        if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"box {list(box)} has no area: give x0, y0, x1, y1 with x1 > x0 and y1 > y0")
+        return self._queue(stream_id, box_xyxy=box)
+
+    def add_points(self, stream_id: str, points: Sequence[Sequence[float]], labels: Sequence[int]) -> int:
+        """Track the object clicked at ``points`` (pixels; label 1 on it, 0 off it) from the next frame on."""
+        pts = tuple((float(x), float(y)) for x, y in points)
+        if not pts or len(pts) != len(labels) or any(lb not in (0, 1) for lb in labels):
+            raise ValueError("give one or more points with one label each: 1 = on the object, 0 = background")
+        return self._queue(stream_id, points=pts, point_labels=tuple(int(v) for v in labels))
+
+    def remove_object(self, stream_id: str, track_id: int) -> None:
+        session = self._session(stream_id)
+        if track_id in session.box_ids:
+            session.remove_box_objects({track_id})
+            return
+        rows = session.table.obj_ids == track_id
+        if not bool(rows.any()):
+            session.pending = [p for p in session.pending if p.track_id != track_id]
+            return
+        session.table, keep = _without_rows(session.table, rows)
+        session.drop_table_rows(keep)
+
+    def _queue(self, stream_id: str, **prompt) -> int:
+        session = self._session(stream_id)
+        track_id = session.allocate_track_id()
+        session.pending.append(PromptedObject(track_id=track_id, **prompt))
+        return track_id
+
+    def _session(self, stream_id: str) -> TrackerSession:
+        try:
+            return self._sessions[stream_id]
+        except KeyError:
+            raise SessionError(f"no open session {stream_id!r}: open it with open_session() first") from None
+
+    # -- the step ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, frames: Mapping[str, np.ndarray]) -> dict[str, FrameResult]:
+        """Advance each named session by one frame (uint8 RGB ``[H, W, 3]``).
+
+        A frame that cannot be taken (unknown session, wrong shape) gets a result with
+        ``error`` set; the other sessions' frames are processed as usual.
+        """
+        results: dict[str, FrameResult] = {}
+        batch: list[tuple[TrackerSession, np.ndarray]] = []
+        for stream_id, frame in frames.items():
+            try:
+                session = self._session(stream_id)
+                _check_frame(session, frame)
+            except ValueError as e:
+                index = self._sessions[stream_id].frame_index if stream_id in self._sessions else -1
+                results[stream_id] = FrameResult(stream_id, index, error=str(e))
+                logger.warning("%s", e)
+                continue
+            batch.append((session, frame))
+        if batch:
+            results.update(self._step(batch))
+        return results
+
+    def _step(self, batch: list[tuple[TrackerSession, np.ndarray]]) -> dict[str, FrameResult]:
+        sessions = [s for s, _ in batch]
+        pixels = to_model_input([f for _, f in batch], self.loaded.config.image_size, self.device, self.loaded.dtype)
+        vision = self.model.detector_model.encode_image(pixels)
+        detections = self._detect(vision, sessions)
+        feats = tracker_features(self.model, vision.backbone_features)
+        tracked = self._propagate(feats, sessions)
+
+        plans: list[FramePlan] = []
+        for session, det, (masks, scores, _) in zip(sessions, detections, tracked, strict=True):
+            n = len(session.table)
+            plan, session.table = plan_frame(
+                session.table, session.frame_index, det.masks, det.scores, det.prompt_ids,
+                masks[:n, 0], scores[:n, 0], self.video,
+                hotstart_mode=self.options.hotstart_mode, fill_hole_masks=self.options.fill_holes,
+            )
+            session.drop_table_rows(plan.keep_rows)
+            plans.append(plan)
+
+        self._commit_tracked(feats, sessions, plans, tracked)
+        self._start_detected(feats, sessions, plans, detections)
+        prompted = self._start_prompted(feats, sessions)
+
+        results = {}
+        for f, (session, frame) in enumerate(batch):
+            results[session.stream_id] = self._output(session, frame, plans[f], tracked[f], prompted[f])
+            session.frame_index += 1
+        return results
+
+    def _detect(self, vision, sessions: list[TrackerSession]) -> list[Detections]:
+        """Detections of every concept of every session's frame, in one detector batch."""
+        texts = sorted({t for s in sessions for t in s.concepts.values()})
+        empty = Detections(
+            masks=torch.zeros(0, *self._mask_size(), device=self.device), scores=torch.zeros(0, device=self.device),
+            prompt_ids=torch.zeros(0, dtype=torch.long, device=self.device),
+            query_indices=torch.zeros(0, dtype=torch.long, device=self.device),
+        )
+        if not texts:
+            return [empty for _ in sessions]
+        text = self.loaded.text_features(texts)
+        column = {t: i for i, t in enumerate(texts)}
+        pairs = [(f, pid, column[t]) for f, s in enumerate(sessions) for pid, t in sorted(s.concepts.items())]
+        image_index = torch.tensor([p[0] for p in pairs], device=self.device)
+        text_index = torch.tensor([p[2] for p in pairs], device=self.device)
+        out = self.model.detector_model.detect(vision, image_index, text.features[text_index], text.mask[text_index])
+        scores = out.scores
+        per_session = []
+        for f in range(len(sessions)):
+            rows = [i for i, p in enumerate(pairs) if p[0] == f]
+            if not rows:
+                per_session.append(empty)
+                continue
+            sel = torch.tensor(rows, device=self.device)
+            per_session.append(filter_detections(
+                out.pred_masks[sel].float(), scores[sel], self.video,
+                prompt_ids=torch.tensor([pairs[i][1] for i in rows], device=self.device),
+                nms=self.options.detection_nms,
+            ))
+        return per_session
+
+    def _propagate(self, feats: TrackerFrameFeatures, sessions: list[TrackerSession]):
+        """Every object of every session onto its frame: per session (mask logits [N, 1, h, w],
+        object score logits [N, 1], object pointers [N, C]), concept objects first, then prompted ones."""
+        counts = [len(s.concept_rows) + len(s.box_rows) for s in sessions]
+        size = self._mask_size()
+        if sum(counts) == 0:
+            return [(torch.zeros(0, 1, *size, device=self.device), torch.zeros(0, 1, device=self.device), None)
+                    for _ in sessions]
+        entries = [(s.memory, s.concept_rows + s.box_rows, s.frame_index) for s in sessions]
+        frame_index = torch.repeat_interleave(torch.arange(len(sessions)), torch.tensor(counts))
+        out = propagate(self.model, feats, frame_index, entries)
+        masks = out.low_res_masks.float().split(counts)
+        scores = out.object_score_logits.float().split(counts)
+        pointers = out.object_pointer.split(counts)
+        return list(zip(masks, scores, pointers, strict=True))
+
+    def _commit_tracked(self, feats, sessions, plans, tracked) -> None:
+        """Memories of this frame for objects that were tracked onto it (one batched encoder pass)."""
+        masks, scores, pointers, targets, frames, cond = [], [], [], [], [], []
+        for f, (session, plan, (trk_masks, trk_scores, trk_ptrs)) in enumerate(zip(sessions, plans, tracked, strict=True)):
+            keep = plan.keep_rows.to(self.device)
+            n_box = len(session.box_rows)
+            n_cpt = trk_masks.shape[0] - n_box
+            if keep.numel():
+                masks.append(plan.memory_masks.to(self.device)[keep, None].float())
+                scores.append(plan.memory_score_logits.to(self.device)[keep, None].float())
+                pointers.append(trk_ptrs[:n_cpt][keep])
+                cond.append(torch.isin(plan.keep_rows, plan.recondition_rows))
+                targets.append((session.memory, list(session.concept_rows), session.frame_index))
+                frames.append(torch.full((keep.numel(),), f))
+            if n_box:
+                masks.append(trk_masks[n_cpt:])
+                scores.append(trk_scores[n_cpt:])
+                pointers.append(trk_ptrs[n_cpt:])
+                cond.append(torch.zeros(n_box, dtype=torch.bool))
+                targets.append((session.memory, list(session.box_rows), session.frame_index))
+                frames.append(torch.full((n_box,), f))
+        if not targets:
+            return
+        size = self._mask_size()
+        masks = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size else m for m in masks]
+        commit_memories(self.model, feats, torch.cat(frames), torch.cat(masks), torch.cat(scores), torch.cat(pointers),
+                        targets, is_conditioning=torch.cat(cond), binarize=False)
+
+    def _start_detected(self, feats, sessions, plans, detections) -> None:
+        """New objects from this frame's detections: initialised from their masks, memory committed.
+
+        Their output on this frame is the detection mask (``FramePlan.out_masks``), as in SAM 3.
+        """
+        masks, frames, targets = [], [], []
+        for f, (session, plan, det) in enumerate(zip(sessions, plans, detections, strict=True)):
+            k = plan.new_det_indices.numel()
+            if k == 0:
+                continue
+            rows = session.memory.add_objects(k)
+            session.concept_rows.extend(rows)
+            # the reference starts a track from its detection mask thresholded at logit 0.5
+            masks.append((det.masks[plan.new_det_indices.to(self.device)] >= 0.5).float()[:, None])
+            frames.append(torch.full((k,), f))
+            targets.append((session.memory, rows, session.frame_index))
+        if not targets:
+            return
+        out = add_objects_from_masks(self.model, feats, torch.cat(frames), torch.cat(masks))
+        commit_memories(self.model, feats, torch.cat(frames), out.high_res_masks, out.object_score_logits,
+                        out.object_pointer, targets, is_conditioning=True, binarize=True)
+
+    def _start_prompted(self, feats, sessions) -> list[list[tuple[int, torch.Tensor, float]]]:
+        """Objects queued by add_box / add_points, started on this frame (rare: one at a time)."""
+        tracker = self.model.tracker_model
+        scale = self.loaded.config.image_size
+        started: list[list[tuple[int, torch.Tensor, float]]] = [[] for _ in sessions]
+        for f, session in enumerate(sessions):
+            h, w = session.frame_size
+            for prompt in session.pending:
+                points, labels = _prompt_points(prompt, w, h, scale)
+                out = tracker.decode_masks(
+                    tracker.no_memory_features(feats.features[f : f + 1]),
+                    tuple(x[f : f + 1] for x in feats.high_res),
+                    points=points.to(self.device), point_labels=labels.to(self.device),
+                    multimask_output=tracker.use_multimask(is_init_cond_frame=True, num_points=points.shape[1]),
+                    return_high_res_masks=True,
+                )
+                [row] = session.memory.add_objects(1)
+                commit_memories(self.model, feats, [f], out.high_res_masks, out.object_score_logits, out.object_pointer,
+                                [(session.memory, [row], session.frame_index)], is_conditioning=True, binarize=True)
+                session.box_ids.append(prompt.track_id)
+                session.box_rows.append(row)
+                started[f].append((prompt.track_id, out.low_res_masks.float(), float(out.object_score_logits.sigmoid())))
+            session.pending = []
+        return started
+
+    def _output(self, session, frame, plan: FramePlan, tracked, prompted) -> FrameResult:
+        h, w = frame.shape[:2]
+        trk_masks, trk_scores, _ = tracked
+        n_box = len(session.box_ids) - len(prompted)
+        box_masks = trk_masks[trk_masks.shape[0] - n_box:] if n_box else trk_masks[:0]
+        visible = plan.out_visible
+        ids = plan.out_obj_ids[visible].tolist() + session.box_ids
+        concepts = [session.concepts.get(int(p), "?") for p in plan.out_prompt_ids[visible].tolist()]
+        concepts += [BOX_CONCEPT] * len(session.box_ids)
+        groups = plan.out_prompt_ids[visible].tolist() + [-1] * len(session.box_ids)
+        box_probs = trk_scores[trk_scores.shape[0] - n_box:, 0].sigmoid().tolist() if n_box else []
+        scores = plan.out_scores[visible].tolist() + box_probs + [p for _, _, p in prompted]
+        tracker_scores = plan.out_tracker_scores[visible].tolist() + box_probs + [p for _, _, p in prompted]
+        tentative = plan.out_tentative[visible].tolist() + [False] * len(session.box_ids)
+        low_res = torch.cat([plan.out_masks.to(self.device)[visible.to(self.device)].float()[:, None], box_masks,
+                             *[m for _, m, _ in prompted]]) if ids else None
+        result = FrameResult(session.stream_id, session.frame_index, width=w, height=h,
+                             retracted_ids=plan.removed_obj_ids.tolist())
+        if not ids:
+            return result
+        masks = F.interpolate(low_res, size=(h, w), mode="bilinear", align_corners=False)[:, 0] > 0
+        if self.options.non_overlapping and masks.shape[0] > 1:
+            masks = non_overlapping(masks, torch.tensor(tracker_scores), torch.tensor(groups))
+        # an object with no pixel left (empty, or every pixel owned by a stronger one) is not reported
+        nonempty = masks.flatten(1).any(1)
+        boxes = masks_to_boxes(masks).tolist()
+        masks_np = masks.cpu().numpy()
+        for i in torch.nonzero(nonempty).flatten().tolist():
+            result.objects.append(TrackedObject(
+                track_id=int(ids[i]), concept=concepts[i], score=float(scores[i]), tracker_score=float(tracker_scores[i]),
+                box_xyxy=tuple(boxes[i]), mask=masks_np[i], tentative=bool(tentative[i]),
+            ))
+        return result
+
+    def _mask_size(self) -> tuple[int, int]:
+        h, w = self.model.tracker_model.prompt_encoder.image_embedding_size
+        return 4 * h, 4 * w
+
+
+def _check_frame(session: TrackerSession, frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        got = f"{frame.dtype} {tuple(frame.shape)}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"stream {session.stream_id!r}: a frame must be a uint8 RGB array [H, W, 3], got {got}")
+    size = frame.shape[:2]
+    if min(size) == 0:
+        raise ValueError(f"stream {session.stream_id!r}: empty frame {tuple(frame.shape)}")
+    if session.frame_size is None:
+        session.frame_size = size
+    elif session.frame_size != size:
+        raise ValueError(
+            f"stream {session.stream_id!r}: frame is {size[1]}x{size[0]} but the stream's frames are "
+            f"{session.frame_size[1]}x{session.frame_size[0]}; open a new session for another resolution"
+        )
+
+
+def _without_rows(table, drop: torch.Tensor):
+    """The table without rows where ``drop`` is True, and the kept old-row indices."""
+    import dataclasses
+
+    keep = torch.nonzero(~drop).flatten()
+    fields = {}
+    for fld in dataclasses.fields(table):
+        v = getattr(table, fld.name)
+        if isinstance(v, torch.Tensor) and v.dim() == 2:
+            v = v[keep][:, keep]
+        elif isinstance(v, torch.Tensor):
+            v = v[keep]
+        fields[fld.name] = v
+    return type(table)(**fields), keep
+
+
+def _prompt_points(prompt: PromptedObject, w: int, h: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points ``[1, K, 2]`` in model-input pixels and labels ``[1, K]``; a box becomes its corners (labels 2, 3)."""
+    pts = list(prompt.points)
+    labels = list(prompt.point_labels)
+    if prompt.box_xyxy is not None:
+        x0, y0, x1, y1 = prompt.box_xyxy
+        pts += [(x0, y0), (x1, y1)]
+        labels += [2, 3]
+    xy = torch.tensor(pts, dtype=torch.float32) * torch.tensor([scale / w, scale / h])
+    return xy[None], torch.tensor(labels, dtype=torch.int32)[None]

@@ -1,0 +1,59 @@
+"""What the streaming engine takes and gives: small typed records at its boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+# Objects created from a box or point prompt rather than a concept carry this concept name.
+BOX_CONCEPT = "box"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Switches of SAM 3's video logic that are not model sizes (those come from the checkpoint).
+
+    hotstart_mode: ``"tentative"`` emits new tracks at once, flagged tentative, and retracts
+        the ones SAM 3's hot-start rules reject within their first ``hotstart_delay`` frames;
+        ``"off"`` never retracts (transformers' streaming behaviour).
+    detection_nms: mask NMS between detections of one concept (on in the official model).
+    fill_holes: fill small holes / drop small specks in tracker masks (on in the official model).
+    non_overlapping: each pixel belongs to at most one object of a concept in the output.
+    """
+
+    hotstart_mode: Literal["tentative", "off"] = "tentative"
+    detection_nms: bool = True
+    fill_holes: bool = True
+    non_overlapping: bool = True
+
+
+@dataclass(frozen=True)
+class TrackedObject:
+    """One object on one frame. ``mask`` is boolean at the frame's resolution."""
+
+    track_id: int
+    concept: str
+    score: float  # detection score when the track started (SAM 3's object score)
+    tracker_score: float  # the tracker's confidence on this frame
+    box_xyxy: tuple[float, float, float, float]  # tight box of the mask, pixels
+    mask: np.ndarray
+    tentative: bool = False  # may still be retracted by hot-start
+
+
+@dataclass
+class FrameResult:
+    """The engine's answer for one stream's frame; ``error`` is set instead when the frame was refused."""
+
+    stream_id: str
+    frame_index: int
+    width: int = 0
+    height: int = 0
+    objects: list[TrackedObject] = field(default_factory=list)
+    retracted_ids: list[int] = field(default_factory=list)  # tentative tracks withdrawn on this frame
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

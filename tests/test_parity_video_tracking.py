@@ -1,0 +1,276 @@
+"""Streaming tracking with bounded memories vs transformers' SAM 3 tracker (random weights, tiny preset).
+
+The reference is ``Sam3VideoModel.tracker_model`` (a ``Sam3TrackerVideoModel``) driven frame by
+frame in its streaming mode, with the detector's vision encoder and the tracker neck providing
+the features, exactly as ``Sam3VideoModel`` wires them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from sam3_runtime.config import Sam3Config
+from sam3_runtime.model import Sam3Model
+from sam3_runtime.video.memory import ObjectMemory
+from sam3_runtime.video.propagation import (
+    add_objects_from_boxes,
+    add_objects_from_masks,
+    commit_memories,
+    propagate,
+    tracker_features,
+)
+from tests.hf_reference import hf_video_model
+
+NUM_FRAMES = 20  # > 7 memory slots and > 16 pointers: both rings wrap
+# Random weights put every object score slightly below 0 (all objects "absent"); shift the
+# score head so that objects come and go: both the visible path (real masks and pointers) and
+# the absent one (no-object pointer, occlusion embedding) get tracked. The smallest |score| is
+# then ~3e-3, far above the ~1e-4 differences, so no visibility decision can flip.
+SCORE_SHIFT = 1.1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on a shared 2-core machine: a second intra-op thread mostly waits on the first."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models():
+    cfg = Sam3Config.tiny()
+    hf = hf_video_model(cfg, seed=0)
+    with torch.no_grad():
+        hf.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias += SCORE_SHIFT
+    ours = Sam3Model(cfg).eval()
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    return ours, hf
+
+
+def moving_frames(num: int, size: int, seed: int) -> torch.Tensor:
+    """Normalised frames ``[num, 3, size, size]``: three coloured squares drifting over a gradient."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    start = torch.rand(3, 2, generator=g) * size * 0.6
+    speed = torch.randn(3, 2, generator=g) * 1.5
+    colour = torch.rand(3, 3, generator=g)
+    frames = []
+    for t in range(num):
+        img = torch.stack([xx / size, yy / size, 0.5 * torch.ones(size, size)]).clone()
+        for k in range(3):
+            x0, y0 = (start[k] + speed[k] * t).tolist()
+            inside = (xx >= x0) & (xx < x0 + size / 4) & (yy >= y0) & (yy < y0 + size / 4)
+            img[:, inside] = colour[k][:, None]
+        frames.append((img - 0.5) / 0.5)
+    return torch.stack(frames)
+
+
+BOXES = torch.tensor([[10.0, 10.0, 50.0, 60.0], [40.0, 30.0, 100.0, 90.0], [5.0, 60.0, 60.0, 110.0]])
+
+
+@torch.inference_mode()
+def hf_streaming(hf, frames, boxes):
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
+        Sam3TrackerVideoInferenceSession,
+    )
+
+    size = frames.shape[-1]
+    session = Sam3TrackerVideoInferenceSession(video_height=size, video_width=size, dtype=torch.float32)
+    results = []
+    for t in range(frames.shape[0]):
+        vision = hf.detector_model.get_vision_features(pixel_values=frames[t : t + 1])
+        feats, pos = hf.get_vision_features_for_tracker(vision)
+        session.cache.cache_vision_features(t, {"vision_feats": feats, "vision_pos_embeds": pos})
+        if t == 0:
+            for obj_id, box in enumerate(boxes):
+                obj_idx = session.obj_id_to_idx(obj_id)
+                labels = torch.tensor([[[2, 3]]], dtype=torch.int32)
+                session.add_point_inputs(obj_idx, 0, {"point_coords": box.reshape(1, 1, 2, 2), "point_labels": labels})
+            session.obj_with_new_inputs = list(range(len(boxes)))
+        out = hf.tracker_model(session, frame_idx=t, frame=frames[t])
+        results.append((out.pred_masks.clone(), out.object_score_logits.reshape(-1).clone()))
+    return results
+
+
+@torch.inference_mode()
+def ours_streaming(model, frames, boxes, capacity=2):
+    memory = ObjectMemory.for_model(model, capacity=capacity)
+    rows = memory.add_objects(len(boxes))
+    results, sizes = [], []
+    for t in range(frames.shape[0]):
+        backbone = model.detector_model.vision_encoder.backbone(frames[t : t + 1])
+        ff = tracker_features(model, backbone)
+        index = [0] * len(rows)
+        if t == 0:
+            out = add_objects_from_boxes(model, ff, index, boxes)
+            cond = True
+        else:
+            out = propagate(model, ff, index, [(memory, rows, t)], return_high_res_masks=True)
+            cond = False
+        commit_memories(
+            model, ff, index, out.high_res_masks, out.object_score_logits, out.object_pointer,
+            [(memory, rows, t)], is_conditioning=cond, binarize=cond,
+        )
+        results.append((out.low_res_masks, out.object_score_logits[:, 0]))
+        sizes.append(memory.nbytes)
+    return results, sizes
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a > 0, b > 0
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+def test_box_prompted_streaming_matches_transformers(models):
+    ours, hf = models
+    frames = moving_frames(NUM_FRAMES, ours.config.image_size, seed=1)
+    ref = hf_streaming(hf, frames, BOXES)
+    got, sizes = ours_streaming(ours, frames, BOXES)
+    visible = absent = 0
+    for t, ((ref_masks, ref_scores), (masks, scores)) in enumerate(zip(ref, got, strict=True)):
+        assert masks.shape == ref_masks.shape == (3, 1, 32, 32)
+        for i in range(3):
+            assert mask_iou(masks[i], ref_masks[i]) >= 0.99, f"frame {t} object {i}"
+        torch.testing.assert_close(scores, ref_scores, rtol=1e-3, atol=1e-3)
+        # both sides keep memories in bfloat16: a 1e-6 difference may round one ulp apart there
+        torch.testing.assert_close(masks, ref_masks, rtol=1e-3, atol=3e-3)
+        visible += int((ref_scores > 0).sum())
+        absent += int((ref_scores <= 0).sum())
+    assert visible >= 10 and absent >= 10, (visible, absent)
+    # memory: sized once for the objects (capacity 2 -> 4), never by frames
+    assert len(set(sizes)) == 1
+
+
+# -- several streams in one batch ----------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    frames: torch.Tensor
+    start: int  # engine step of the stream's first frame
+    boxes: torch.Tensor  # objects prompted on the first frame
+    recondition: dict[int, list[int]] = field(default_factory=dict)  # local frame -> object keys
+    add_masks: dict[int, torch.Tensor] = field(default_factory=dict)  # local frame -> [k, 1, H, W] float masks
+    remove: dict[int, list[int]] = field(default_factory=dict)  # local frame -> object keys
+
+
+@dataclass
+class StreamState:
+    memory: ObjectMemory
+    keys: list[int] = field(default_factory=list)  # object keys, in row order of ``rows``
+    rows: list[int] = field(default_factory=list)
+    next_key: int = 0
+    outputs: dict = field(default_factory=dict)  # (local frame, key) -> (mask logits, score)
+
+
+def _square_masks(size: int, corners: list[tuple[int, int]], side: int) -> torch.Tensor:
+    masks = torch.zeros(len(corners), 1, size, size)
+    for i, (x, y) in enumerate(corners):
+        masks[i, :, y : y + side, x : x + side] = 1.0
+    return masks
+
+
+def _streams(size: int) -> list[Stream]:
+    n = 12
+    return [
+        Stream(moving_frames(n, size, 10), 0, BOXES[:1]),
+        Stream(moving_frames(n, size, 11), 0, BOXES[1:], recondition={6: [0]}),
+        Stream(moving_frames(n, size, 12), 1, BOXES, add_masks={7: _square_masks(size, [(20, 30)], 28)}, remove={5: [1]}),
+        Stream(moving_frames(n - 3, size, 13), 3, BOXES[[2, 0]]),
+    ]
+
+
+@torch.inference_mode()
+def run_streams(model, streams: list[Stream], groups: list[list[int]]) -> list[StreamState]:
+    """Step the streams; each group of stream ids shares one batched call per stage."""
+    # fp32 memories: batching must change nothing beyond fp32 rounding (in bf16 a 1e-7
+    # difference can round one ulp apart, which the single-stream parity test covers)
+    states = [StreamState(ObjectMemory.for_model(model, capacity=1, memory_dtype=torch.float32)) for _ in streams]
+    num_steps = max(s.start + s.frames.shape[0] for s in streams)
+    for step in range(num_steps):
+        for group in groups:
+            active = [i for i in group if 0 <= step - streams[i].start < streams[i].frames.shape[0]]
+            if active:
+                _engine_step(model, [(streams[i], states[i], step - streams[i].start) for i in active])
+    return states
+
+
+def _engine_step(model, batch: list[tuple[Stream, StreamState, int]]) -> None:
+    backbone = model.detector_model.vision_encoder.backbone(torch.cat([s.frames[t : t + 1] for s, _, t in batch]))
+    ff = tracker_features(model, backbone)
+
+    # tracked objects of every stream: one propagate, one commit
+    tracked = [(f, s, st, t) for f, (s, st, t) in enumerate(batch) if st.rows]
+    if tracked:
+        targets = [(st.memory, list(st.rows), t) for _, _, st, t in tracked]
+        index = [f for f, _, st, _ in tracked for _ in st.rows]
+        out = propagate(model, ff, index, targets, return_high_res_masks=True)
+        cond = [k in s.recondition.get(t, []) for _, s, st, t in tracked for k in st.keys]
+        commit_memories(model, ff, index, out.high_res_masks, out.object_score_logits, out.object_pointer,
+                        targets, is_conditioning=cond)
+        i = 0
+        for _, _, st, t in tracked:
+            for k in st.keys:
+                st.outputs[(t, k)] = (out.low_res_masks[i], out.object_score_logits[i, 0])
+                i += 1
+
+    # new objects: boxes on a stream's first frame, masks on scheduled frames (one call per kind)
+    for kind in ("boxes", "masks"):
+        new = []
+        for f, (s, st, t) in enumerate(batch):
+            prompts = s.boxes if kind == "boxes" and t == 0 else s.add_masks.get(t) if kind == "masks" else None
+            if prompts is not None:
+                keys = list(range(st.next_key, st.next_key + len(prompts)))
+                st.next_key += len(prompts)
+                new.append((f, st, t, prompts, keys, st.memory.add_objects(len(prompts))))
+        if not new:
+            continue
+        index = [f for f, _, _, p, _, _ in new for _ in range(len(p))]
+        prompts = torch.cat([p for _, _, _, p, _, _ in new])
+        fn = add_objects_from_boxes if kind == "boxes" else add_objects_from_masks
+        out = fn(model, ff, index, prompts)
+        targets = [(st.memory, rows, t) for _, st, t, _, _, rows in new]
+        commit_memories(model, ff, index, out.high_res_masks, out.object_score_logits, out.object_pointer,
+                        targets, is_conditioning=True, binarize=True)
+        i = 0
+        for _, st, t, _, keys, rows in new:
+            st.keys += keys
+            st.rows += rows
+            for k in keys:
+                st.outputs[(t, k)] = (out.low_res_masks[i], out.object_score_logits[i, 0])
+                i += 1
+
+    for s, st, t in batch:
+        gone = s.remove.get(t, [])
+        if gone:
+            st.memory.remove_objects([r for k, r in zip(st.keys, st.rows, strict=True) if k in gone])
+            st.rows = [r for k, r in zip(st.keys, st.rows, strict=True) if k not in gone]
+            st.keys = [k for k in st.keys if k not in gone]
+
+
+def test_streams_batched_together_equal_streams_alone(models):
+    model, _ = models
+    streams = _streams(model.config.image_size)
+    together = run_streams(model, streams, groups=[[0, 1, 2, 3]])
+    alone = run_streams(model, streams, groups=[[0], [1], [2], [3]])
+    checked = 0
+    for a, b in zip(together, alone, strict=True):
+        assert a.outputs.keys() == b.outputs.keys()
+        for key, (mask, score) in a.outputs.items():
+            ref_mask, ref_score = b.outputs[key]
+            assert mask_iou(mask, ref_mask) >= 0.999, key
+            torch.testing.assert_close(score, ref_score, rtol=1e-4, atol=1e-4)
+            scale = max(1.0, ref_mask.abs().max().item())
+            torch.testing.assert_close(mask, ref_mask, rtol=1e-4, atol=1e-4 * scale)
+            checked += 1
+    assert checked == sum(len(s.outputs) for s in alone) > 50
+    # the scenario exercised what it should: growth, a re-conditioned object, a removed row reused
+    assert (together[1].memory._spatial_frame[together[1].rows[0], :4] >= 0).sum() == 2  # 2 conditioning frames
+    assert together[2].memory.capacity == 3 and together[2].keys == [0, 2, 3] and together[2].rows == [0, 2, 1]
+    assert together[2].memory.nbytes == 3 * together[0].memory.nbytes
