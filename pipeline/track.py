@@ -74,7 +74,9 @@ def run_track(args) -> int:
     if frames == 0:
         raise ValueError(f"{args.video}: no frame to track (empty video, or --fps skips everything)")
     if source.truncated:
-        logger.warning("%s ended before its declared length: it may be truncated", args.video)
+        logger.error("%s ends before the length its header declares: the file is truncated (kept the %d frames "
+                     "decoded before the end)", args.video, frames)
+        return 3
     return 0
 
 
