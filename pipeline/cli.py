@@ -96,27 +96,29 @@ def main(argv: list[str] | None = None) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def _parse_box(text: str):
-    from sam3_runtime.segmenter import BoxPrompt
-
+def parse_box(text: str, allow_negative: bool = True) -> tuple[tuple[float, float, float, float], bool]:
+    """``x0,y0,x1,y1[:neg]`` in pixels -> (box, positive); a box without area is refused."""
     coords, _, flag = text.partition(":")
-    if flag not in ("", "neg", "pos"):
-        raise UsageError(f"--box {text!r}: the suffix must be ':neg' or ':pos'")
+    if flag not in ("", "neg", "pos") or (flag and not allow_negative):
+        raise UsageError(f"--box {text!r}: the suffix must be ':neg' or ':pos'" if allow_negative
+                         else f"--box {text!r}: expected x0,y0,x1,y1 without a suffix")
     try:
         values = tuple(float(v) for v in coords.split(","))
     except ValueError:
         values = ()
     if len(values) != 4:
         raise UsageError(f"--box {text!r}: expected four numbers x0,y0,x1,y1 in pixels")
-    return BoxPrompt(xyxy=values, positive=flag != "neg")
+    if not (values[2] > values[0] and values[3] > values[1]):
+        raise UsageError(f"--box {text!r} has no area: x1 must exceed x0 and y1 must exceed y0")
+    return values, flag != "neg"
 
 
 def _segment(args) -> int:
     from sam3_runtime.model import load_model
     from sam3_runtime.preprocess import load_image
-    from sam3_runtime.segmenter import ImageSegmenter, Prompt
+    from sam3_runtime.segmenter import BoxPrompt, ImageSegmenter, Prompt
 
-    boxes = tuple(_parse_box(b) for b in args.box)
+    boxes = tuple(BoxPrompt(*parse_box(b)) for b in args.box)
     if not args.prompt and not boxes:
         raise UsageError("nothing to segment: give --prompt TEXT and/or --box x0,y0,x1,y1")
     if boxes and len(args.prompt) > 1:

@@ -17,13 +17,14 @@ def run_track(args) -> int:
     """Decode, track and write records; a decode failure keeps every record written before it (exit 3)."""
     from operators.track_records import TrackRecordWriter, frame_records
     from operators.video_source import VideoSourceError, open_video
+    from pipeline.cli import parse_box
     from sam3_runtime.model import load_model
     from sam3_runtime.video.engine import StreamingEngine
     from sam3_runtime.video.types import EngineOptions
 
     if not args.prompt and not args.box:
         raise ValueError("nothing to track: give --prompt TEXT and/or --box x0,y0,x1,y1")
-    boxes = [_parse_box(b) for b in args.box]
+    boxes = [parse_box(b, allow_negative=False)[0] for b in args.box]
     source = open_video(args.video, fps=args.fps)  # opening errors surface before the model loads
     info = source.info
     for b in boxes:
@@ -78,18 +79,6 @@ def run_track(args) -> int:
                      "decoded before the end)", args.video, frames)
         return 3
     return 0
-
-
-def _parse_box(text: str) -> tuple[float, float, float, float]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise ValueError(f"--box {text!r}: expected four numbers x0,y0,x1,y1 in pixels")
-    if not (values[2] > values[0] and values[3] > values[1]):
-        raise ValueError(f"--box {text!r} has no area: x1 must exceed x0 and y1 must exceed y0")
-    return values
 
 
 class _Overlay:

@@ -14,3 +14,15 @@ def hf_roi_align(monkeypatch):
 
     fake = types.SimpleNamespace(ops=types.SimpleNamespace(roi_align=reference_roi_align))
     monkeypatch.setattr(modeling_sam3, "torchvision", fake, raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_intra_op_thread():
+    """The suite's tensors are tiny: on a small shared machine a second intra-op thread mostly
+    spin-waits on the first (measured: several times slower), so tests run with one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -32,15 +32,6 @@ NUM_FRAMES = 20  # > 7 memory slots and > 16 pointers: both rings wrap
 SCORE_SHIFT = 1.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared 2-core machine: a second intra-op thread mostly waits on the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models():
     cfg = Sam3Config.tiny()

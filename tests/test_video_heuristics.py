@@ -33,15 +33,6 @@ from tests.hf_reference import hf_video_model
 H = W = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """The tensors here are tiny: intra-op threads only add spin-wait overhead on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def hf_model():
     return hf_video_model(Sam3Config.tiny())

@@ -218,15 +218,6 @@ def tracker():
     return model
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops on a shared 2-core machine: a second intra-op thread mostly waits on the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_frame(model: TrackerModel, seed: int) -> TrackerFrameFeatures:
     g = torch.Generator().manual_seed(seed)
     c = model.hidden_dim
@@ -246,7 +237,7 @@ def step(model, memory, rows, frame, feats, cond=False):
 
 
 @torch.inference_mode()
-def test_state_dict_round_trip_gives_identical_propagation(tracker, one_thread):
+def test_state_dict_round_trip_gives_identical_propagation(tracker):
     memory = ObjectMemory.for_model(tracker, capacity=2)
     rows = memory.add_objects(3)
     memory.remove_objects([rows[1]])  # a hole in the rows must survive the move
@@ -267,7 +258,7 @@ def test_state_dict_round_trip_gives_identical_propagation(tracker, one_thread):
 
 
 @torch.inference_mode()
-def test_object_without_memory_in_a_batch_and_bf16(tracker, one_thread):
+def test_object_without_memory_in_a_batch_and_bf16(tracker):
     model16 = TrackerModel(tracker.cfg).eval()
     model16.load_state_dict(tracker.state_dict())
     model16 = model16.to(torch.bfloat16)
@@ -300,7 +291,7 @@ def _live_tensors() -> int:
 
 @pytest.mark.slow
 @torch.inference_mode()
-def test_memory_is_bounded_over_2000_frames(tracker, one_thread):
+def test_memory_is_bounded_over_2000_frames(tracker):
     """One stream, eight objects, re-conditioned every 16th frame: nothing grows with frames."""
     memory = ObjectMemory.for_model(tracker, capacity=2)
     rows = memory.add_objects(8)
