@@ -45,7 +45,9 @@ def to_model_input(
     if isinstance(frames, torch.Tensor):
         batch = [frames.to(device)]
     else:
-        batch = [torch.from_numpy(np.ascontiguousarray(f)).to(device)[None] for f in frames]
+        # frames shared through an object store arrive read-only; torch wants writable memory
+        batch = [torch.from_numpy(np.ascontiguousarray(f) if f.flags.writeable else f.copy()).to(device)[None]
+                 for f in frames]
     out = []
     for x in batch:
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
