@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    run = sub.add_parser("run", help="run a streaming job: video sources in, SAM 3 tracks out to Kafka and Parquet")
+    run.add_argument("job", metavar="JOB.yaml")
+    run.add_argument("--max-seconds", type=float, default=None, metavar="N", help="stop gracefully after N seconds")
+    run.add_argument("--no-progress", action="store_true", help="no live progress table")
+
     seg = sub.add_parser("segment", help="segment every instance of a concept in images")
     seg.add_argument("images", nargs="+", metavar="IMAGE")
     _model_args(seg)
@@ -51,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     trk.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
                      help="an object to track, boxed on the first frame in pixels; repeatable")
     trk.add_argument("--fps", type=float, default=None, help="sample the video at this rate (default: every frame)")
-    trk.add_argument("--threshold", type=float, default=None, help="detection score threshold (default: the checkpoint's, 0.5)")
+    trk.add_argument("--threshold", type=float, default=None, help="detection score threshold (default: the checkpoint's, 0.5; the new-track threshold scales with it)")
     trk.add_argument("--hotstart", choices=["tentative", "off"], default="tentative",
                      help="tentative: new tracks are flagged until SAM 3's hot-start confirms them (default); off: never retract")
     trk.add_argument("--out", metavar="FILE.jsonl|FILE.parquet", help="one record per (frame, object)")
@@ -80,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "run":
+            from pipeline.driver import run_job
+
+            return run_job(args.job, max_seconds=args.max_seconds, show_progress=not args.no_progress)
         if args.command == "segment":
             return _segment(args)
         if args.command == "track":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
@@ -31,12 +30,8 @@ def run_track(args) -> int:
         if b[0] < 0 or b[1] < 0 or b[2] > info.width or b[3] > info.height:
             raise ValueError(f"--box {list(b)} lies outside the {info.width}x{info.height} video")
     loaded = load_model(args.checkpoint, device=args.device, dtype=args.dtype)
-    video_cfg = loaded.config.video
-    if args.threshold is not None:
-        video_cfg = dataclasses.replace(video_cfg, score_threshold_detection=args.threshold,
-                                        new_det_thresh=max(args.threshold, video_cfg.new_det_thresh))
-    engine = StreamingEngine(loaded, EngineOptions(hotstart_mode=args.hotstart), video_cfg)
-    engine.open_session(STREAM, args.prompt)
+    engine = StreamingEngine(loaded, EngineOptions(hotstart_mode=args.hotstart))
+    engine.open_session(STREAM, args.prompt, detection_threshold=args.threshold)
     for b in boxes:
         engine.add_box(STREAM, b)
 

@@ -10,6 +10,7 @@ Frames arrive one at a time; nothing depends on a video's length.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -53,10 +54,14 @@ class StreamingEngine:
         self._sessions: dict[str, TrackerSession] = {}
 
     # -- sessions ---------------------------------------------------------------------------
-    def open_session(self, stream_id: str, concepts: Sequence[str] = ()) -> None:
+    def open_session(self, stream_id: str, concepts: Sequence[str] = (), detection_threshold: float | None = None) -> None:
+        """Open a stream's session. ``detection_threshold`` overrides the checkpoint's for this stream
+        (the new-object threshold keeps its ratio to it: 0.5 -> 0.7 becomes 0.25 -> 0.35)."""
         if stream_id in self._sessions:
             raise SessionError(f"session {stream_id!r} is already open: close it first or use another stream id")
         session = TrackerSession(stream_id=stream_id, memory=ObjectMemory.for_model(self.model, device=self.device))
+        if detection_threshold is not None:
+            session.video = with_detection_threshold(self.video, detection_threshold)
         self._sessions[stream_id] = session
         for c in concepts:
             self.add_concept(stream_id, c)
@@ -187,7 +192,7 @@ class StreamingEngine:
             n = len(session.table)
             plan, session.table = plan_frame(
                 session.table, session.frame_index, det.masks, det.scores, det.prompt_ids,
-                masks[:n, 0], scores[:n, 0], self.video,
+                masks[:n, 0], scores[:n, 0], session.video or self.video,
                 hotstart_mode=self.options.hotstart_mode, fill_hole_masks=self.options.fill_holes,
             )
             session.drop_table_rows(plan.keep_rows)
@@ -228,7 +233,7 @@ class StreamingEngine:
                 continue
             sel = torch.tensor(rows, device=self.device)
             per_session.append(filter_detections(
-                out.pred_masks[sel].float(), scores[sel], self.video,
+                out.pred_masks[sel].float(), scores[sel], sessions[f].video or self.video,
                 prompt_ids=torch.tensor([pairs[i][1] for i in rows], device=self.device),
                 nms=self.options.detection_nms,
             ))
@@ -364,6 +369,15 @@ class StreamingEngine:
         return 4 * h, 4 * w
 
 
+def with_detection_threshold(video: VideoConfig, threshold: float) -> VideoConfig:
+    """``video`` detecting at ``threshold``, with the new-object threshold scaled by the same factor."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"detection threshold {threshold} must be in (0, 1]")
+    scale = threshold / video.score_threshold_detection
+    return dataclasses.replace(video, score_threshold_detection=threshold,
+                               new_det_thresh=min(1.0, video.new_det_thresh * scale))
+
+
 def _check_frame(session: TrackerSession, frame: np.ndarray) -> None:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         got = f"{frame.dtype} {tuple(frame.shape)}" if isinstance(frame, np.ndarray) else type(frame).__name__
@@ -382,8 +396,6 @@ def _check_frame(session: TrackerSession, frame: np.ndarray) -> None:
 
 def _without_rows(table, drop: torch.Tensor):
     """The table without rows where ``drop`` is True, and the kept old-row indices."""
-    import dataclasses
-
     keep = torch.nonzero(~drop).flatten()
     fields = {}
     for fld in dataclasses.fields(table):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sam3_runtime.config import VideoConfig
 from sam3_runtime.video.memory import ObjectMemory
 from sam3_runtime.video.planning import MaskletTable
 
@@ -42,6 +43,7 @@ class TrackerSession:
     pending: list[PromptedObject] = field(default_factory=list)
     frame_index: int = 0  # index of the next frame
     frame_size: tuple[int, int] | None = None  # (height, width) of the stream's frames
+    video: VideoConfig | None = None  # this stream's video heuristics, when they differ from the engine's
 
     # -- ids --------------------------------------------------------------------------------
     def allocate_track_id(self) -> int:
@@ -94,6 +96,7 @@ class TrackerSession:
             "pending": [dataclasses.asdict(p) for p in self.pending],
             "frame_index": self.frame_index,
             "frame_size": self.frame_size,
+            "video": dataclasses.asdict(self.video) if self.video else None,
         }
 
     @classmethod
@@ -113,6 +116,7 @@ class TrackerSession:
                                        for k, v in p.items()}) for p in state["pending"]],
             frame_index=state["frame_index"],
             frame_size=tuple(state["frame_size"]) if state["frame_size"] else None,
+            video=VideoConfig(**state["video"]) if state.get("video") else None,
         )
 
 

@@ -1,0 +1,352 @@
+"""YAML config files whose every value knows the file and line it came from.
+
+Config errors must point at a line (``lobby.yaml:14: streams[1].source: ...``), so documents are
+composed into PyYAML nodes and converted to plain Python values by hand, recording the line of
+every mapping key and sequence item under its *path* (``("streams", 1, "source")``). The same
+walk expands ``${VAR}`` / ``${VAR:-default}`` references in string values and rejects duplicate
+keys, which PyYAML would otherwise resolve silently in favour of the last one.
+:func:`locate_validation_error` turns a pydantic ``ValidationError`` on such a document into one
+located line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+YamlPath = tuple[str | int, ...]
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+# "$${" is a literal "${"; "${...}" a reference; a "${" with no closing brace is a mistake.
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def format_path(path: YamlPath) -> str:
+    """``("streams", 1, "source")`` -> ``streams[1].source``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class LocatedError(ValueError):
+    """A problem at a place in a config file; ``str()`` is the one-line ``FILE:LINE: FIELD: problem``."""
+
+    def __init__(self, file: str, line: int | None, path: YamlPath, problem: str) -> None:
+        self.file, self.line, self.path = file, line, tuple(path)
+        self.problem = " ".join(problem.split())  # one line, whatever the source of the text
+        where = file if line is None else f"{file}:{line}"
+        field_path = format_path(self.path)
+        super().__init__(f"{where}: {field_path}: {self.problem}" if field_path else f"{where}: {self.problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    file: str
+    line: int
+
+
+@dataclass
+class LineMap:
+    """Where each path of a (possibly multi-file) document was written."""
+
+    default: Location
+    lines: dict[YamlPath, Location] = field(default_factory=dict)
+
+    def locate(self, path: YamlPath) -> Location:
+        """The location of ``path``, or of its closest written ancestor (a missing key reports
+        the line of the mapping that should hold it)."""
+        for end in range(len(path), -1, -1):
+            found = self.lines.get(tuple(path[:end]))
+            if found is not None:
+                return found
+        return self.default
+
+    def graft(self, prefix: YamlPath, other: LineMap) -> None:
+        """Record ``other``'s locations as if its document sat at ``prefix`` in this one."""
+        self.lines[prefix] = other.default
+        for path, location in other.lines.items():
+            self.lines[prefix + path] = location
+
+
+@dataclass
+class YamlDocument:
+    data: Any
+    lines: LineMap
+
+
+def read_yaml(path: Path, display: str, env: Mapping[str, str]) -> YamlDocument:
+    """Read and parse ``path``; ``display`` is how error messages name the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LocatedError(display, None, (), "file not found (check the path)") from None
+    except IsADirectoryError:
+        raise LocatedError(display, None, (), "is a directory, not a YAML file") from None
+    except UnicodeDecodeError as e:
+        raise LocatedError(display, None, (), f"is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise LocatedError(display, None, (), f"cannot be read: {e.strerror or e}") from None
+    return parse_yaml(text, display, env)
+
+
+def parse_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
+    """Parse one YAML document, expanding ``${VAR}`` references from ``env``."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            line = mark.line + 1 if mark is not None else None
+            column = f", column {mark.column + 1}" if mark is not None else ""
+            problem = e.problem or e.context or "cannot parse"
+            hint = "use spaces, not tabs, to indent" if "\\t" in problem else "check indentation, colons and quoting"
+            raise LocatedError(file, line, (), f"invalid YAML: {problem}{column} ({hint})") from None
+        except yaml.YAMLError as e:
+            raise LocatedError(file, None, (), f"invalid YAML: {e}") from None
+        lines = LineMap(Location(file, 1))
+        if node is None:
+            return YamlDocument(None, lines)
+        data = _Converter(loader, file, env, lines).convert(node, ())
+        return YamlDocument(data, lines)
+    finally:
+        loader.dispose()
+
+
+class _Converter:
+    def __init__(self, loader: yaml.SafeLoader, file: str, env: Mapping[str, str], lines: LineMap) -> None:
+        self.loader, self.file, self.env, self.lines = loader, file, env, lines
+
+    def error(self, node: yaml.Node, path: YamlPath, problem: str) -> LocatedError:
+        return LocatedError(self.file, node.start_mark.line + 1, path, problem)
+
+    def convert(self, node: yaml.Node, path: YamlPath) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ_TAG:
+                raise self.error(node, path, f"unsupported YAML tag {node.tag} (remove the tag)")
+            items = []
+            for index, item in enumerate(node.value):
+                self.lines.lines[path + (index,)] = Location(self.file, item.start_mark.line + 1)
+                items.append(self.convert(item, path + (index,)))
+            return items
+        return self.scalar(node, path)
+
+    def mapping(self, node: yaml.MappingNode, path: YamlPath) -> dict[str, Any]:
+        if node.tag != _MAP_TAG:
+            raise self.error(node, path, f"unsupported YAML tag {node.tag} (remove the tag)")
+        own = {id(key) for key, _ in node.value}
+        try:
+            self.loader.flatten_mapping(node)  # YAML merge keys ("<<: *defaults") come first
+        except yaml.MarkedYAMLError as e:
+            raise self.error(node, path, f"invalid merge key: {e.problem}") from None
+        out: dict[str, Any] = {}
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.error(key_node, path, "a key must be a plain name, not a list or mapping")
+            # The key's text, not its YAML 1.1 type: "no:" and "on:" stay names, not booleans.
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in first_line and id(key_node) in own and first_line[key] > 0:
+                raise self.error(key_node, path + (key,),
+                                 f"duplicate key '{key}' (first at line {first_line[key]}); keep only one")
+            # Merged keys are overridable (marked 0); keys written here are not.
+            first_line[key] = line if id(key_node) in own else 0
+            self.lines.lines[path + (key,)] = Location(self.file, line)
+            out[key] = self.convert(value_node, path + (key,))
+        return out
+
+    def scalar(self, node: yaml.ScalarNode, path: YamlPath) -> Any:
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e)
+            raise self.error(node, path, f"cannot read value: {problem}") from None
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        expanded = self.expand(value, node, path)
+        if node.style is not None:  # quoted: stays a string, whatever it now says
+            return expanded
+        # A plain scalar takes the type its expanded text would have had if written directly,
+        # so "port: ${METRICS_PORT}" is a number and "fps: ${FPS:-null}" can be null.
+        tag = self.loader.resolve(yaml.ScalarNode, expanded, (True, False))
+        return self.loader.construct_object(yaml.ScalarNode(tag, expanded), deep=True)
+
+    def expand(self, text: str, node: yaml.Node, path: YamlPath) -> str:
+        def replace(match: re.Match[str]) -> str:
+            whole = match.group(0)
+            if whole == "$${":
+                return "${"
+            inner = match.group(1)
+            if inner is None:
+                raise self.error(node, path, "unterminated '${' (close it with '}', or write '$${' for a literal '${')")
+            name, sep, default = inner.partition(":-")
+            if not _VAR_NAME.fullmatch(name):
+                raise self.error(node, path, f"bad variable reference '{whole}' (write ${{NAME}} or ${{NAME:-default}})")
+            if "${" in default:
+                raise self.error(node, path, f"nested reference in the default of '{whole}' is not supported")
+            value = self.env.get(name)
+            if value:
+                return value
+            if sep:
+                return default
+            if value is not None:
+                return value  # set but empty, and no default asked for
+            raise self.error(node, path, f"environment variable {name} is not set "
+                                         f"(export {name}=..., or write ${{{name}:-default}})")
+
+        return _REFERENCE.sub(replace, text)
+
+
+# --- pydantic errors -> one located line -------------------------------------------------------
+
+class FieldProblem(ValueError):
+    """Raised by a validator to blame a field *below* the one it validates (``rel_path``), e.g. a
+    model validator pointing at ``streams[2].id``; the message still reads well without a file."""
+
+    def __init__(self, rel_path: YamlPath, problem: str) -> None:
+        self.rel_path, self.problem = tuple(rel_path), problem
+        super().__init__(f"{format_path(self.rel_path)}: {problem}" if rel_path else problem)
+
+
+_UNION_TAGS = {"str", "int", "float", "bool", "none"}
+_EXPECTED = {
+    "int": "an integer", "float": "a number", "bool": "a boolean (true or false)", "string": "a string", "str": "a string",
+    "list": "a list", "tuple": "a list", "dict": "a mapping (key: value)", "model": "a mapping (key: value)",
+    "path": "a path",
+}
+_LIMITS = {"greater_than": ("greater than", "gt"), "greater_than_equal": ("at least", "ge"),
+           "less_than": ("less than", "lt"), "less_than_equal": ("at most", "le")}
+
+
+def describe_value(value: Any) -> str:
+    """A short, one-line rendering of a config value for error messages."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    text = repr(value) if isinstance(value, str | list | dict | tuple) else str(value)
+    if len(text) <= 60:
+        return text
+    return "a mapping" if isinstance(value, dict) else "a list" if isinstance(value, list | tuple) else text[:57] + "..."
+
+
+def describe_kind(value: Any) -> str:
+    """``a mapping`` / ``a list`` / ``a string`` / ...: what kind of YAML value ``value`` is."""
+    kinds = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "nothing (null)" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def model_at(root: type[BaseModel], path: YamlPath) -> type[BaseModel] | None:
+    """The pydantic model class that validates the mapping at ``path`` (for listing its keys)."""
+    node: Any = root
+    for part in (*path, None):
+        while typing.get_origin(node) in (typing.Union, types.UnionType):
+            models = [a for a in typing.get_args(node) if isinstance(a, type) and issubclass(a, BaseModel)]
+            containers = [a for a in typing.get_args(node) if typing.get_origin(a) in (list, dict)]
+            node = (models or containers or [None])[0]
+        if part is None:
+            break
+        if isinstance(node, type) and issubclass(node, BaseModel) and isinstance(part, str) and part in node.model_fields:
+            node = node.model_fields[part].annotation
+        elif typing.get_origin(node) in (list, dict):
+            node = typing.get_args(node)[-1]
+        else:
+            return None
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _data_path(data: Any, loc: tuple[str | int, ...]) -> YamlPath:
+    """Pydantic's ``loc`` without its union / validator tags, as a path into the document."""
+    out: list[str | int] = []
+    node = data
+    for position, part in enumerate(loc):
+        in_dict = isinstance(node, dict) and part in node
+        if in_dict or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            out.append(part)
+            node = node[part]
+        elif isinstance(part, str) and (part in _UNION_TAGS or "[" in part):
+            continue
+        elif position == len(loc) - 1 and isinstance(node, dict):
+            out.append(part)  # a missing or unknown key
+    return tuple(out)
+
+
+def _expected(error_type: str) -> str | None:
+    if error_type == "int_from_float":
+        return "a whole number"
+    kind, _, rest = error_type.partition("_")
+    return _EXPECTED.get(kind) if rest in ("type", "parsing", "attributes_type") else None
+
+
+def _describe(error: Mapping[str, Any], path: YamlPath, root: type[BaseModel]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "extra_forbidden":
+        key = str(path[-1]) if path else "?"
+        model = model_at(root, path[:-1])
+        allowed = list(model.model_fields) if model is not None else []
+        close = difflib.get_close_matches(key, allowed, n=1)
+        suggestion = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown key '{key}' — {suggestion}(allowed here: {', '.join(allowed)})"
+    if kind == "missing":
+        return f"required key missing (add '{path[-1]}: ...')" if path else "required key missing"
+    expected = _expected(kind)
+    if expected is not None:
+        return f"expected {expected}, got {describe_value(value)}"
+    if kind in _LIMITS:
+        words, key = _LIMITS[kind]
+        return f"must be {words} {ctx.get(key)} (got {describe_value(value)})"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} item(s) (got {ctx.get('actual_length')})"
+    if kind == "too_long":
+        return f"takes at most {ctx.get('max_length')} item(s) (got {ctx.get('actual_length')})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')} (got {describe_value(value)})"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    return str(error["msg"])
+
+
+def locate_validation_error(error: ValidationError, doc: YamlDocument, root: type[BaseModel]) -> LocatedError:
+    """The first problem of ``error`` (in file order) as one located line, counting the rest."""
+    found: dict[YamlPath, list[tuple[str, str]]] = {}
+    for item in error.errors():
+        path = _data_path(doc.data, item["loc"])
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldProblem):
+            path, problem = path + cause.rel_path, cause.problem
+        else:
+            problem = _describe(item, path, root)
+        found.setdefault(path, []).append((item["type"], problem))
+    problems = []
+    for path, items in found.items():
+        expected = [e for e in (_expected(kind) for kind, _ in items) if e]
+        if len(items) > 1 and len(expected) == len(items):  # one value failing every member of a union
+            got = items[0][1].rsplit(", got ", 1)[-1]
+            names = list(dict.fromkeys(expected))
+            problem = f"expected {', '.join(names[:-1])} or {names[-1]}, got {got}"
+        else:
+            problem = items[0][1]
+        problems.append((doc.lines.locate(path), path, problem))
+    main = doc.lines.default.file
+    problems.sort(key=lambda p: (p[0].file != main, p[0].line))
+    location, path, problem = problems[0]
+    if len(problems) > 1:
+        problem += f" [+{len(problems) - 1} more problem(s) after this one]"
+    return LocatedError(location.file, location.line, path, problem)
