@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     trk.add_argument("--overlay", metavar="OUT.mp4", help="write the video with masks and track ids drawn")
     trk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    samples = sub.add_parser("samples", help="write the synthetic sample videos the example jobs use")
+    samples.add_argument("out_dir", metavar="DIR", nargs="?", default="configs/examples/media")
+
     ckpt = sub.add_parser("checkpoint", help="inspect or create checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="checkpoint_command", required=True, parser_class=_Parser)
     check = ckpt_sub.add_parser("check", help="map a checkpoint's keys onto the full-size model (no weights loaded)")
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_job(args.job, max_seconds=args.max_seconds, show_progress=not args.no_progress)
         if args.command == "segment":
             return _segment(args)
+        if args.command == "samples":
+            return _samples(args)
         if args.command == "track":
             from pipeline.track import run_track
 
@@ -176,6 +181,16 @@ def _print_summary(paths, results) -> None:
             table.add_row(str(path), inst.prompt, f"{inst.score:.3f}",
                           ", ".join(f"{v:.0f}" for v in inst.box_xyxy), str(int(inst.mask.sum())))
     Console().print(table)
+
+
+def _samples(args) -> int:
+    from operators.synthetic import write_synthetic_video
+
+    out = Path(args.out_dir)
+    for name, frames in (("demo_a.mp4", 40), ("demo_b.mp4", 60)):
+        write_synthetic_video(out / name, frames=frames, size=(160, 120), fps=10)
+        logger.info("wrote %s (%d frames of moving shapes)", out / name, frames)
+    return EXIT_OK
 
 
 def _checkpoint_check(args) -> int:

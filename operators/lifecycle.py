@@ -1,0 +1,372 @@
+"""Per-stream track table: turns the engine's per-frame objects into published observations and events.
+
+Publication rule, per watchlist concept (objects of concepts not in the watchlist are ignored):
+an object *qualifies* on a frame when its ``score`` reaches the concept's threshold and its
+anchor point lies inside one of the concept's zones (no zones: anywhere). The anchor is the
+mask's centroid (pixel centres, so a pixel ``(x, y)`` counts as ``(x + 0.5, y + 0.5)``), or
+the box centre for an empty mask; ``zone_anchor`` can choose the box centre or the middle of
+the box's bottom edge (where people and vehicles touch the ground) instead. The object is
+*published* once it has qualified on ``min_frames`` consecutive processed frames spanning at
+least ``min_seconds`` of presentation time, and is not tentative (unless ``publish_tentative``);
+tentative frames count towards the streak. Before publication a frame that does not qualify
+(absent, low score, outside the zones) restarts the streak.
+
+Lifecycle: the first published frame emits ``track_start`` and, like every later qualifying
+frame, one observation. A published track ends (``track_end``) when it has not been published
+for ``end_after_frames`` consecutive processed frames (absent, or present but not qualifying),
+when the engine retracts it, or at :meth:`StreamTracks.close`. ``track_end`` carries the
+frame index and pts of the track's *last observation* (so its event id does not depend on when
+the end was noticed), ``duration_s`` from the first to the last observation, ``max_score`` and
+``best_frame_index`` (first frame with that score), and ``details`` with ``reason``
+("lost" | "retracted" | "stream_end"), ``decided_frame_index`` (the frame that ended it) and
+``observations``. ``track_start`` details give ``first_frame_index``/``first_pts_s``, where the
+qualifying streak began. Ended tracks are dropped, so memory stays proportional to the live objects.
+
+Identity: ``track_id`` in the output is a durable stream-level id. A new engine id keeps its own
+number when that number has never been issued on this stream, otherwise it gets the next unused
+number; ids are never reused. After an engine restart, :meth:`StreamTracks.relink` maps the new
+session's engine ids onto the durable ids they continue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+
+from operators.records import Event, TrackObservation
+from sam3_runtime.masks import encode_rle
+from sam3_runtime.video.types import FrameResult, TrackedObject
+
+logger = logging.getLogger(__name__)
+
+ZoneAnchor = Literal["centroid", "box_center", "box_bottom"]
+_TIME_EPS_S = 1e-6  # pts differences are sums of float frame times
+
+
+@dataclass(frozen=True)
+class _Rule:
+    concept: str
+    threshold: float
+    min_frames: int
+    min_seconds: float
+    zones: tuple[np.ndarray, ...]  # each [K, 2] float64 polygon, pixels
+
+
+def _rule(rule: Any) -> _Rule:
+    """Validate any object with concept/threshold/min_frames/min_seconds/zones attributes."""
+    concept = getattr(rule, "concept", None)
+    if not isinstance(concept, str) or not concept.strip():
+        raise ValueError(f"watchlist rule {rule!r} has no concept name; give each rule a non-empty `concept`")
+    threshold = float(getattr(rule, "threshold", 0.5))
+    min_frames = int(getattr(rule, "min_frames", 1))
+    min_seconds = float(getattr(rule, "min_seconds", 0.0))
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"rule {concept!r}: threshold must be in [0, 1], got {threshold}")
+    if min_frames < 0 or not (min_seconds >= 0.0 and math.isfinite(min_seconds)):
+        raise ValueError(f"rule {concept!r}: min_frames and min_seconds must be >= 0, got {min_frames}, {min_seconds}")
+    zones = []
+    for i, zone in enumerate(getattr(rule, "zones", None) or []):
+        poly = np.asarray(zone, dtype=np.float64)
+        if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.isfinite(poly).all():
+            raise ValueError(
+                f"rule {concept!r}: zone {i} must be a polygon of at least 3 [x, y] pixel points, got {zone!r}"
+            )
+        zones.append(poly)
+    return _Rule(concept, threshold, min_frames, min_seconds, tuple(zones))
+
+
+def _inside(poly: np.ndarray, x: float, y: float) -> bool:
+    """Even-odd rule: count the polygon edges crossed by a ray from (x, y) towards +x."""
+    xs, ys = poly[:, 0], poly[:, 1]
+    xp, yp = np.roll(xs, 1), np.roll(ys, 1)
+    spans = (ys > y) != (yp > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_cross = xs + (y - ys) * (xp - xs) / (yp - ys)
+    return bool(np.count_nonzero(spans & (x < x_cross)) % 2)
+
+
+def _anchor(obj: TrackedObject, mode: ZoneAnchor) -> tuple[float, float]:
+    x0, y0, x1, y1 = obj.box_xyxy
+    if mode == "box_bottom":
+        return (x0 + x1) / 2, y1
+    if mode == "centroid":
+        mask = np.asarray(obj.mask, dtype=bool)
+        cols = mask.sum(axis=0)
+        area = int(cols.sum())
+        if area:
+            rows = mask.sum(axis=1)
+            return float(cols @ (np.arange(len(cols)) + 0.5)) / area, float(rows @ (np.arange(len(rows)) + 0.5)) / area
+    return (x0 + x1) / 2, (y0 + y1) / 2
+
+
+@dataclass
+class _Track:
+    durable_id: int
+    concept: str
+    engine_id: int | None
+    streak_frames: int = 0
+    streak_frame: int = -1  # frame and pts where the current qualifying streak began
+    streak_pts: float = 0.0
+    missing: int = 0
+    published: bool = False
+    start_frame: int = -1
+    start_pts: float = 0.0
+    last_frame: int = -1
+    last_pts: float = 0.0
+    max_score: float = -math.inf
+    best_frame: int = -1
+    observations: int = 0
+
+
+def stream_event(
+    type_: str, job: str, stream_id: str, frame_index: int | None, ts: datetime, *,
+    pts_s: float | None = None, error: str | BaseException | None = None, **details: Any,
+) -> Event:
+    """A stream-level event (no track); its id is deterministic from (stream, frame_index, type)."""
+    return Event(
+        type=type_, job=job, stream_id=stream_id, ts=ts, frame_index=frame_index, pts_s=pts_s,
+        error=None if error is None else str(error), details=details,
+    )
+
+
+class StreamTracks:
+    """The track table of one stream; see the module docstring for the rules it applies."""
+
+    def __init__(
+        self,
+        job: str,
+        stream_id: str,
+        source: str,
+        model: str,
+        rules: Iterable[Any],
+        *,
+        end_after_frames: int = 30,
+        publish_tentative: bool = False,
+        zone_anchor: ZoneAnchor = "centroid",
+    ) -> None:
+        if end_after_frames < 1:
+            raise ValueError(f"end_after_frames must be >= 1, got {end_after_frames}")
+        if zone_anchor not in ("centroid", "box_center", "box_bottom"):
+            raise ValueError(f"zone_anchor must be 'centroid', 'box_center' or 'box_bottom', got {zone_anchor!r}")
+        self.job, self.stream_id, self.source, self.model = job, stream_id, source, model
+        self.end_after_frames = end_after_frames
+        self.publish_tentative = publish_tentative
+        self.zone_anchor: ZoneAnchor = zone_anchor
+        self.rules: dict[str, _Rule] = {}
+        for raw in rules:
+            rule = _rule(raw)
+            if rule.concept in self.rules:
+                raise ValueError(f"concept {rule.concept!r} appears twice in the watchlist of stream {stream_id!r}")
+            self.rules[rule.concept] = rule
+        self._live: dict[int, _Track] = {}  # durable id -> live track (candidates and published)
+        self._by_engine: dict[int, _Track] = {}  # current engine session's id -> its track
+        self._pending: dict[int, int] = {}  # relinked engine id not seen yet -> durable id
+        self._next_id = 0
+
+    # -- identity -----------------------------------------------------------------------------
+
+    @property
+    def next_id(self) -> int:
+        """The lowest durable id never issued on this stream."""
+        return self._next_id
+
+    def live_ids(self, published_only: bool = True) -> list[int]:
+        return [d for d, t in self._live.items() if t.published or not published_only]
+
+    def durable_id(self, engine_id: int) -> int | None:
+        track = self._by_engine.get(engine_id)
+        return track.durable_id if track is not None else self._pending.get(engine_id)
+
+    def _new_track(self, engine_id: int, concept: str) -> _Track:
+        if engine_id in self._pending:
+            durable = self._pending.pop(engine_id)
+        else:
+            durable = engine_id if engine_id >= self._next_id else self._next_id
+        self._next_id = max(self._next_id, durable + 1)
+        track = _Track(durable, concept, engine_id)
+        self._live[durable] = track
+        self._by_engine[engine_id] = track
+        return track
+
+    def relink(self, mapping: Mapping[int, int]) -> None:
+        """Start a new engine session: ``mapping`` gives new engine id -> durable id it continues.
+
+        Call it after the engine was re-created and before the new session's first result. Every
+        engine id of the old session is forgotten. Mapped live tracks carry on (same durable id,
+        same start, score history); a mapped id that is not live (ended) starts a fresh lifecycle
+        under that id when its engine id appears. Published tracks left unmapped end after
+        ``end_after_frames`` frames as lost; unpublished candidates of the old session are dropped.
+        """
+        durables = list(mapping.values())
+        if len(set(durables)) != len(durables):
+            raise ValueError(f"relink: two engine ids map to the same durable id in {dict(mapping)}")
+        unknown = [d for d in durables if not 0 <= d < self._next_id]
+        if unknown:
+            raise ValueError(f"relink: durable ids {unknown} were never issued on stream {self.stream_id!r} (next id {self._next_id})")
+        for track in list(self._live.values()):
+            track.engine_id = None
+            if not track.published:
+                del self._live[track.durable_id]
+        self._by_engine, self._pending = {}, {}
+        for engine_id, durable in mapping.items():
+            track = self._live.get(durable)
+            if track is None:
+                self._pending[int(engine_id)] = durable
+            else:
+                track.engine_id = int(engine_id)
+                self._by_engine[int(engine_id)] = track
+
+    # -- per frame ----------------------------------------------------------------------------
+
+    def update(
+        self, result: FrameResult, pts_s: float, ingest_ts: datetime, *, frame_index: int | None = None
+    ) -> tuple[list[TrackObservation], list[Event]]:
+        """Apply one processed frame; returns its observations and the events it causes.
+
+        ``frame_index`` overrides ``result.frame_index`` (pass the stream's own frame index when
+        the engine's counter restarted). A result with ``error`` set was not processed: it
+        changes nothing and returns nothing.
+        """
+        if not result.ok:
+            return [], []
+        index = result.frame_index if frame_index is None else frame_index
+        events: list[Event] = []
+        for engine_id in result.retracted_ids:
+            track = self._by_engine.pop(engine_id, None)
+            if track is not None:
+                self._live.pop(track.durable_id, None)
+                if track.published:
+                    events.append(self._end_event(track, "retracted", index, ingest_ts))
+
+        present: set[int] = set()
+        published: list[tuple[_Track, TrackedObject]] = []
+        for obj in result.objects:
+            rule = self.rules.get(obj.concept)
+            if rule is None or obj.track_id in result.retracted_ids:
+                continue
+            track = self._by_engine.get(obj.track_id) or self._new_track(obj.track_id, obj.concept)
+            present.add(track.durable_id)
+            qualifies = obj.score >= rule.threshold and self._in_zones(obj, rule)
+            if not track.published:
+                if not qualifies:
+                    track.streak_frames = 0
+                    continue
+                if track.streak_frames == 0:
+                    track.streak_frame, track.streak_pts = index, pts_s
+                track.streak_frames += 1
+            if not qualifies or (obj.tentative and not self.publish_tentative):
+                continue
+            if not track.published:
+                if track.streak_frames < rule.min_frames or pts_s - track.streak_pts < rule.min_seconds - _TIME_EPS_S:
+                    continue
+                track.published, track.start_frame, track.start_pts = True, index, pts_s
+                events.append(self._start_event(track, index, pts_s, ingest_ts))
+            published.append((track, obj))
+
+        for track, obj in published:
+            track.missing, track.last_frame, track.last_pts = 0, index, pts_s
+            track.observations += 1
+            if obj.score > track.max_score:
+                track.max_score, track.best_frame = float(obj.score), index
+        emitted = {track.durable_id for track, _ in published}
+        for track in list(self._live.values()):
+            if track.durable_id in emitted:
+                continue
+            if track.published or track.durable_id not in present:
+                track.missing += 1
+            else:
+                track.missing = 0
+            if track.durable_id not in present:
+                track.streak_frames = 0
+            if track.missing >= self.end_after_frames:
+                self._drop(track)
+                if track.published:
+                    events.append(self._end_event(track, "lost", index, ingest_ts))
+        return self._observations(published, index, pts_s, ingest_ts), events
+
+    def close(self, frame_index: int, pts_s: float, ts: datetime | None = None) -> list[Event]:
+        """End every live published track (the stream is over) and clear the table.
+
+        ``frame_index``/``pts_s`` say where the stream stopped; they go to the ``track_end``
+        details (``decided_frame_index``, ``decided_pts_s``), the events keep each track's last
+        observation as their frame.
+        """
+        ts = ts or datetime.now(UTC)
+        events = [
+            self._end_event(t, "stream_end", frame_index, ts, decided_pts_s=pts_s)
+            for t in self._live.values() if t.published
+        ]
+        self._live, self._by_engine, self._pending = {}, {}, {}
+        return events
+
+    def _in_zones(self, obj: TrackedObject, rule: _Rule) -> bool:
+        if not rule.zones:
+            return True
+        x, y = _anchor(obj, self.zone_anchor)
+        return any(_inside(zone, x, y) for zone in rule.zones)
+
+    # -- records ------------------------------------------------------------------------------
+
+    def _drop(self, track: _Track) -> None:
+        self._live.pop(track.durable_id, None)
+        if track.engine_id is not None and self._by_engine.get(track.engine_id) is track:
+            del self._by_engine[track.engine_id]
+
+    def _observations(
+        self, published: Sequence[tuple[_Track, TrackedObject]], index: int, pts_s: float, ingest_ts: datetime
+    ) -> list[TrackObservation]:
+        if not published:
+            return []
+        masks = np.stack([np.asarray(obj.mask, dtype=bool) for _, obj in published])
+        rles = encode_rle(masks)
+        areas = masks.reshape(len(masks), -1).sum(axis=1)
+        return [
+            TrackObservation(
+                job=self.job, stream_id=self.stream_id, source=self.source, frame_index=index, pts_s=pts_s,
+                ingest_ts=ingest_ts, track_id=track.durable_id, concept=track.concept, score=float(obj.score),
+                box_xyxy=tuple(float(v) for v in obj.box_xyxy), mask=dict(rle), area_px=int(area), model=self.model,
+            )
+            for (track, obj), rle, area in zip(published, rles, areas, strict=True)
+        ]
+
+    def _start_event(self, track: _Track, index: int, pts_s: float, ts: datetime) -> Event:
+        return Event(
+            type="track_start", job=self.job, stream_id=self.stream_id, ts=ts, track_id=track.durable_id,
+            concept=track.concept, frame_index=index, pts_s=pts_s,
+            details={"first_frame_index": track.streak_frame, "first_pts_s": track.streak_pts},
+        )
+
+    def _end_event(self, track: _Track, reason: str, decided: int, ts: datetime, **details: Any) -> Event:
+        return Event(
+            type="track_end", job=self.job, stream_id=self.stream_id, ts=ts, track_id=track.durable_id,
+            concept=track.concept, frame_index=track.last_frame, pts_s=track.last_pts,
+            duration_s=track.last_pts - track.start_pts, max_score=track.max_score, best_frame_index=track.best_frame,
+            details={"reason": reason, "decided_frame_index": decided, "observations": track.observations, **details},
+        )
+
+    # -- stream events ------------------------------------------------------------------------
+
+    def stream_start(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
+        return stream_event("stream_start", self.job, self.stream_id, frame_index, ts, pts_s=pts_s,
+                            source=self.source, model=self.model, **details)
+
+    def stream_end(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
+        return stream_event("stream_end", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, **details)
+
+    def stream_error(
+        self, frame_index: int, ts: datetime, error: str | BaseException, *, pts_s: float | None = None, **details: Any
+    ) -> Event:
+        return stream_event("stream_error", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error, **details)
+
+    def stream_reconnect(
+        self, frame_index: int, ts: datetime, *, attempt: int, error: str | BaseException | None, downtime_s: float,
+        pts_s: float | None = None,
+    ) -> Event:
+        return stream_event("stream_reconnect", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error,
+                            attempt=attempt, downtime_s=downtime_s)

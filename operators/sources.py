@@ -1,0 +1,87 @@
+"""One stream's frames from any supported source: a file, a directory or glob of files, or a live URL.
+
+Files of a directory or glob play in name order as one stream: frame indices and presentation
+times continue across files (each file's pts is offset by the end of the previous one), so a
+stream's records never go back in time. ``loop=True`` replays the files forever (demos, soak
+tests). Live URLs go to :class:`~operators.live_source.LiveSource`, which reconnects.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from operators.video_source import Frame, VideoSourceError, open_video
+
+logger = logging.getLogger(__name__)
+
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4v", ".mpg", ".mpeg", ".flv")
+
+
+def is_live(source: str) -> bool:
+    return source.lower().startswith(LIVE_SCHEMES)
+
+
+def expand_files(source: str) -> list[Path]:
+    """The files a file, directory or glob source names, in order; an empty match is an error."""
+    path = Path(source)
+    if any(ch in source for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    else:
+        files = [path]
+    if not files:
+        raise VideoSourceError(f"{source}: matches no video file; check the path or pattern",
+                               reason="missing", source=source)
+    return files
+
+
+def stream_frames(
+    source: str,
+    fps: float | None = None,
+    *,
+    loop: bool = False,
+    on_reconnect: Callable[[int, Exception, float], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Frame]:
+    """Frames of the stream with continuous ``index`` and ``pts_s``; decode errors raise
+    ``VideoSourceError`` after every frame before them was yielded."""
+    if is_live(source):
+        from operators.live_source import LiveSource
+
+        live = LiveSource(source, fps=fps, on_reconnect=on_reconnect)
+        try:
+            for frame in live:
+                if should_stop():
+                    return
+                yield frame
+        finally:
+            live.stop()
+        return
+
+    index, offset = 0, 0.0
+    while True:
+        for path in expand_files(source):
+            last_pts, step = None, 0.0
+            with open_video(path, fps=fps) as video:
+                if video.info.average_fps:
+                    step = 1.0 / (fps or video.info.average_fps)
+                for frame in video:
+                    if should_stop():
+                        return
+                    last_pts = offset + frame.pts_s
+                    yield replace(frame, index=index, pts_s=last_pts)
+                    index += 1
+                if video.truncated:
+                    raise VideoSourceError(f"{path} ends before the length its header declares: the file is "
+                                           "truncated; the frames before its end were processed",
+                                           reason="corrupt", source=str(path))
+            if last_pts is not None:
+                offset = last_pts + (step or 0.04)
+        if not loop:
+            return

@@ -1,0 +1,144 @@
+"""The job driver: places engines and streams on Ray, watches them, shuts down cleanly.
+
+``run_job`` is what ``sam3-stream run JOB.yaml`` calls. It starts (or joins) Ray, the
+embedded Kafka-compatible broker when the job asks for it, one ``EngineActor`` per replica
+and one ``StreamActor`` per stream (each stream on the least-loaded engine), then polls their
+counters for the progress display and the Prometheus endpoint until every stream has ended,
+``--max-seconds`` passes, or SIGINT/SIGTERM asks for a graceful stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from contextlib import ExitStack
+
+import ray
+
+from pipeline.metrics import JobMetrics
+from pipeline.progress import JobProgress, summary_table
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_PARTIAL = 0, 3
+POLL_S = 1.0
+
+
+def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool = True) -> int:
+    from operators.broker import resolve_bootstrap
+
+    from pipeline.engine_actor import EngineActor
+    from pipeline.jobspec import load_job
+    from pipeline.stream_actor import StreamActor
+
+    job = load_job(job_path)  # JobSpecError (exit 2) before anything starts
+    stop = threading.Event()
+    with ExitStack() as cleanup:
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=True)
+            cleanup.callback(ray.shutdown)
+        kafka_servers = None
+        if job.sinks.kafka is not None:
+            kafka_servers, broker = resolve_bootstrap(job.sinks.kafka.bootstrap_servers)
+            if broker is not None:
+                cleanup.callback(broker.close)
+                logger.info("embedded Kafka-compatible broker on %s", kafka_servers)
+        _install_signal_handlers(stop, cleanup)
+
+        gpus = ray.cluster_resources().get("GPU", 0)
+        use_gpu = job.model.device != "cpu" and gpus >= 1
+        engines = {}
+        for i in range(job.engine.replicas):
+            name = f"engine-{i}"
+            engines[name] = EngineActor.options(name=f"{job.name}-{name}", num_gpus=1 if use_gpu else 0).remote(
+                str(job.model.checkpoint), device=job.model.device, dtype=job.model.dtype,
+                max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
+                hotstart=job.engine.hotstart, name=name,
+            )
+        ray.get([e.ready.remote() for e in engines.values()])
+
+        load = dict.fromkeys(engines, 0)
+        streams, runs = {}, {}
+        for spec in job.streams:
+            name = min(load, key=load.get)  # least-loaded engine
+            load[name] += 1
+            actor = StreamActor.options(name=f"{job.name}-stream-{spec.id}").remote(job, spec, engines[name], kafka_servers)
+            streams[spec.id] = actor
+            runs[spec.id] = actor.run.remote()
+
+        metrics = JobMetrics(job.name)
+        if job.metrics.port:
+            metrics.serve(job.metrics.port)
+        progress = JobProgress(job.name, enabled=show_progress)
+        finals: dict[str, dict] = {}
+        started = time.time()
+        with progress:
+            pending = dict(runs)
+            stopping = False
+            while pending:
+                ready, _ = ray.wait(list(pending.values()), timeout=POLL_S, num_returns=len(pending))
+                for ref in ready:
+                    sid = next(k for k, v in pending.items() if v == ref)
+                    finals[sid] = _result(ref, sid)
+                    del pending[sid]
+                snapshot = _poll(streams, finals)
+                engine_stats = _poll_engines(engines)
+                metrics.update(snapshot, engine_stats)
+                progress.update(snapshot)
+                timed_out = max_seconds is not None and time.time() - started > max_seconds
+                if (stop.is_set() or timed_out) and not stopping:
+                    stopping = True
+                    logger.info("stopping: draining in-flight frames, closing tracks, flushing sinks")
+                    for sid in pending:
+                        streams[sid].stop.remote()
+        summary_table(job, finals)
+        failed = [sid for sid, s in finals.items() if s.get("state") == "failed"]
+        for sid in failed:
+            logger.error("stream %s failed: %s", sid, finals[sid].get("error"))
+        return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _result(ref, sid: str) -> dict:
+    try:
+        return ray.get(ref)
+    except Exception as e:  # the stream actor itself died
+        return {"stream_id": sid, "state": "failed", "error": f"stream actor died: {e}"}
+
+
+def _poll(streams: dict, finals: dict[str, dict]) -> dict[str, dict]:
+    out = dict(finals)
+    live = {sid: a.get_stats.remote() for sid, a in streams.items() if sid not in finals}
+    for sid, ref in live.items():
+        try:
+            out[sid] = ray.get(ref, timeout=POLL_S)
+        except Exception:
+            continue
+    return out
+
+
+def _poll_engines(engines: dict) -> dict:
+    out = {}
+    for name, actor in engines.items():
+        try:
+            out[name] = ray.get(actor.stats.remote(), timeout=POLL_S)
+        except Exception:
+            continue
+    return out
+
+
+def _install_signal_handlers(stop: threading.Event, cleanup: ExitStack) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop waiting
+        logger.warning("received %s: finishing gracefully (send it again to abort)", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    cleanup.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])

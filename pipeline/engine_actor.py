@@ -1,0 +1,138 @@
+"""EngineActor: one streaming engine per GPU, batching frames of many streams into one step.
+
+Streams call ``process`` with one frame at a time (they may keep a few frames in flight). The
+actor gathers requests for up to ``max_wait_ms`` or until ``max_batch`` distinct streams are
+waiting, runs ``StreamingEngine.step`` on them in a worker thread (the event loop stays free
+to accept more requests), and answers each caller with its stream's ``FrameResult``. A
+stream's frames are always stepped in the order they arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+
+logger = logging.getLogger(__name__)
+
+# Histogram bucket bounds shared with the driver's Prometheus exporter.
+STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters the driver turns into metrics; histograms as per-bucket counts."""
+
+    steps: int = 0
+    frames: int = 0
+    objects: int = 0
+    step_seconds_sum: float = 0.0
+    step_seconds_buckets: list[int] = field(default_factory=lambda: [0] * (len(STEP_SECONDS_BUCKETS) + 1))
+    batch_size_buckets: list[int] = field(default_factory=lambda: [0] * (len(BATCH_SIZE_BUCKETS) + 1))
+    streams: int = 0
+
+    def observe(self, batch: int, seconds: float, objects: int) -> None:
+        self.steps += 1
+        self.frames += batch
+        self.objects = objects
+        self.step_seconds_sum += seconds
+        self.step_seconds_buckets[_bucket(STEP_SECONDS_BUCKETS, seconds)] += 1
+        self.batch_size_buckets[_bucket(BATCH_SIZE_BUCKETS, batch)] += 1
+
+
+def _bucket(bounds, value) -> int:
+    return next((i for i, b in enumerate(bounds) if value <= b), len(bounds))
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class EngineActor:
+    def __init__(self, checkpoint: str, device: str = "auto", dtype: str = "auto", max_batch: int = 8,
+                 max_wait_ms: float = 15.0, hotstart: str = "tentative", name: str = "engine"):
+        from sam3_runtime.model import load_model
+        from sam3_runtime.video.engine import StreamingEngine
+        from sam3_runtime.video.types import EngineOptions
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        self.name = name
+        self.loaded = load_model(checkpoint, device=device, dtype=dtype)
+        self.engine = StreamingEngine(self.loaded, EngineOptions(hotstart_mode=hotstart))
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.stats_ = EngineStats()
+        self._queue: deque = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._sessions_lock = asyncio.Lock()  # a step and a session edit never overlap
+        self._started = time.time()
+
+    async def ready(self) -> dict:
+        return {"name": self.name, "model": self.loaded.model_id, "device": str(self.loaded.device),
+                "started": self._started}
+
+    async def open(self, stream_id: str, concepts: list[str], detection_threshold: float | None = None) -> None:
+        async with self._sessions_lock:
+            if stream_id in self.engine.stream_ids:
+                self.engine.close_session(stream_id)  # a stream re-opening after its own restart
+            self.engine.open_session(stream_id, concepts, detection_threshold=detection_threshold)
+            self.stats_.streams = len(self.engine.stream_ids)
+
+    async def close(self, stream_id: str) -> None:
+        async with self._sessions_lock:
+            if stream_id in self.engine.stream_ids:
+                self.engine.close_session(stream_id)
+            self.stats_.streams = len(self.engine.stream_ids)
+
+    async def stats(self) -> EngineStats:
+        return self.stats_
+
+    async def process(self, stream_id: str, frame: np.ndarray):
+        """The engine's result for the stream's next frame (a ``FrameResult``)."""
+        if self._loop_task is None:
+            self._wakeup = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((stream_id, frame, future))
+        self._wakeup.set()
+        return await future
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._queue:
+                continue
+            # give other streams a moment to join the batch
+            deadline = loop.time() + self.max_wait_s
+            while len({r[0] for r in self._queue}) < self.max_batch and loop.time() < deadline:
+                await asyncio.sleep(min(0.001, max(0.0, deadline - loop.time())))
+            batch, rest, taken = [], deque(), set()
+            while self._queue:
+                req = self._queue.popleft()
+                if req[0] in taken or len(batch) >= self.max_batch:
+                    rest.append(req)  # a stream's next frame waits for the next step
+                else:
+                    taken.add(req[0])
+                    batch.append(req)
+            self._queue = rest
+            if self._queue:
+                self._wakeup.set()
+            started = time.perf_counter()
+            try:
+                async with self._sessions_lock:
+                    results = await loop.run_in_executor(None, self.engine.step, {sid: f for sid, f, _ in batch})
+                    objects = sum(self.engine.session(s).num_objects for s in self.engine.stream_ids)
+            except Exception as e:  # the whole step failed: every caller in it gets the error
+                logger.exception("engine step failed")
+                for _, _, fut in batch:
+                    fut.set_exception(e)
+                continue
+            self.stats_.observe(len(batch), time.perf_counter() - started, objects)
+            for sid, _, fut in batch:
+                fut.set_result(results[sid])

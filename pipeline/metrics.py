@@ -1,0 +1,90 @@
+"""Prometheus metrics of a running job, served by the driver on ``metrics.port``.
+
+Actors keep plain counters (``StreamStats``, ``EngineStats``); the driver polls them and this
+collector turns the latest snapshot into metric families at scrape time, so nothing in the
+actors depends on Prometheus and a restarted actor simply reports from zero again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from pipeline.engine_actor import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
+
+logger = logging.getLogger(__name__)
+
+STREAM_STATES = ("starting", "running", "reconnecting", "finished", "failed", "stopped")
+
+
+class JobMetrics:
+    """Holds the latest stream and engine snapshots and exposes them to Prometheus."""
+
+    def __init__(self, job: str):
+        self.job = job
+        self._lock = threading.Lock()
+        self._streams: dict[str, dict] = {}
+        self._engines: dict[str, object] = {}
+
+    def update(self, streams: dict[str, dict], engines: dict[str, object]) -> None:
+        with self._lock:
+            self._streams.update(streams)
+            self._engines.update(engines)
+
+    def serve(self, port: int) -> None:
+        REGISTRY.register(self)
+        start_http_server(port, addr="0.0.0.0")
+        logger.info("metrics on http://0.0.0.0:%d/metrics", port)
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        with self._lock:
+            streams, engines = dict(self._streams), dict(self._engines)
+        counters = {
+            "frames_decoded": "Frames decoded from the source",
+            "frames_processed": "Frames processed by the engine",
+            "frames_dropped": "Live frames dropped because the engine fell behind",
+            "records": "Track observations published",
+            "events": "Events published",
+            "sink_errors": "Sink write failures",
+            "engine_restarts": "Engine failures the stream recovered from",
+            "reconnects": "Source reconnects",
+        }
+        for key, doc in counters.items():
+            fam = CounterMetricFamily(f"sam3_stream_{key}", doc, labels=["job", "stream"])
+            for sid, s in streams.items():
+                fam.add_metric([self.job, sid], s.get(key, 0))
+            yield fam
+        objects = GaugeMetricFamily("sam3_stream_objects", "Objects on the stream's latest frame", labels=["job", "stream"])
+        state = GaugeMetricFamily("sam3_stream_state", "1 for the stream's current state", labels=["job", "stream", "state"])
+        for sid, s in streams.items():
+            objects.add_metric([self.job, sid], s.get("objects", 0))
+            for st in STREAM_STATES:
+                state.add_metric([self.job, sid, st], 1.0 if s.get("state") == st else 0.0)
+        yield objects
+        yield state
+        batch = HistogramMetricFamily("sam3_engine_batch_size", "Frames per engine step", labels=["job", "engine"])
+        step = HistogramMetricFamily("sam3_engine_step_seconds", "Engine step latency", labels=["job", "engine"])
+        tracked = GaugeMetricFamily("sam3_engine_objects", "Objects tracked by the engine", labels=["job", "engine"])
+        for name, e in engines.items():
+            batch.add_metric([self.job, name], _buckets(BATCH_SIZE_BUCKETS, e.batch_size_buckets), sum_value=e.frames)
+            step.add_metric([self.job, name], _buckets(STEP_SECONDS_BUCKETS, e.step_seconds_buckets),
+                            sum_value=e.step_seconds_sum)
+            tracked.add_metric([self.job, name], e.objects)
+        yield batch
+        yield step
+        yield tracked
+
+
+def _buckets(bounds, counts) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs, as Prometheus histograms want them."""
+    out, total = [], 0
+    for bound, count in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+        total += count
+        out.append((bound, total))
+    return out

@@ -1,0 +1,55 @@
+"""A stream's sinks behind one call: Parquet and/or Kafka, as the job file asks."""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+class StreamOutputs:
+    """Writes one stream's observations and events to every configured sink.
+
+    Parquet rows are flushed by size and age on every write (so readers see the data while the
+    job runs); Kafka delivery failures surface on ``flush``/``close`` as ``SinkError``.
+    """
+
+    def __init__(self, job, stream_id: str, kafka_servers: str | None):
+        from operators.sinks.kafka_sink import KafkaSink
+        from operators.sinks.parquet_sink import ParquetSink
+
+        self.stream_id = stream_id
+        self.locations: dict[str, str] = {}
+        self._parquet = self._kafka = None
+        pq_spec, kafka_spec = job.sinks.parquet, job.sinks.kafka
+        if pq_spec is not None:
+            self._parquet = ParquetSink(pq_spec.path, job.name, flush_rows=pq_spec.flush_rows,
+                                        flush_seconds=pq_spec.flush_seconds)
+            self.locations["parquet"] = str(pq_spec.path)
+        if kafka_spec is not None and kafka_servers:
+            self._kafka = KafkaSink(kafka_servers, kafka_spec.topic, kafka_spec.events_topic, client=dict(kafka_spec.client))
+            self.locations["kafka"] = f"{kafka_servers} {kafka_spec.topic} / {kafka_spec.events_topic}"
+
+    def write(self, observations, events) -> None:
+        for sink in (self._parquet, self._kafka):
+            if sink is None:
+                continue
+            if observations:
+                sink.write_tracks(observations)
+            if events:
+                sink.write_events(events)
+        if self._parquet is not None:
+            self._parquet.maybe_flush()
+
+    def close(self) -> None:
+        """Flush and close every sink; the first failure is raised after all were closed."""
+        errors = []
+        for sink in (self._parquet, self._kafka):
+            if sink is None:
+                continue
+            try:
+                sink.close()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
