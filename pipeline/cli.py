@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from pipeline.driver import run_job
 
-            return run_job(args.job, max_seconds=args.max_seconds, show_progress=not args.no_progress)
+            return run_job(args.job, max_seconds=args.max_seconds, show_progress=not args.no_progress).exit_code
         if args.command == "segment":
             return _segment(args)
         if args.command == "samples":

@@ -14,7 +14,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 
 import ray
 
@@ -27,9 +29,16 @@ EXIT_OK, EXIT_PARTIAL = 0, 3
 POLL_S = 1.0
 
 
-def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool = True) -> int:
-    from operators.broker import resolve_bootstrap
+@dataclass
+class JobResult:
+    exit_code: int
+    streams: dict[str, dict]  # per stream: its final counters, state, error and outputs
 
+
+def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool = True,
+            on_started: Callable[[dict], None] | None = None) -> JobResult:
+    """Run a job file to its end. ``on_started`` gets the engine actors once streams run (tests, tools)."""
+    from operators.broker import resolve_bootstrap
     from pipeline.engine_actor import EngineActor
     from pipeline.jobspec import load_job
     from pipeline.stream_actor import StreamActor
@@ -70,6 +79,8 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             streams[spec.id] = actor
             runs[spec.id] = actor.run.remote()
 
+        if on_started is not None:
+            on_started(engines)
         metrics = JobMetrics(job.name)
         if job.metrics.port:
             metrics.serve(job.metrics.port)
@@ -99,7 +110,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         failed = [sid for sid, s in finals.items() if s.get("state") == "failed"]
         for sid in failed:
             logger.error("stream %s failed: %s", sid, finals[sid].get("error"))
-        return EXIT_PARTIAL if failed else EXIT_OK
+        return JobResult(EXIT_PARTIAL if failed else EXIT_OK, finals)
 
 
 def _result(ref, sid: str) -> dict:
