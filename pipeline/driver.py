@@ -68,7 +68,12 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                 max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
                 hotstart=job.engine.hotstart, name=name,
             )
-        ray.get([e.ready.remote() for e in engines.values()])
+        infos = ray.get([e.ready.remote() for e in engines.values()])
+        if any(i["random_weights"] for i in infos):
+            from sam3_runtime.model import REAL_CHECKPOINT_HINT
+
+            logger.warning("running the tiny RANDOM model %s: its tracks mean nothing; %s (model.checkpoint in %s)",
+                           job.model.checkpoint, REAL_CHECKPOINT_HINT, job_path)
 
         load = dict.fromkeys(engines, 0)
         streams, runs = {}, {}

@@ -73,7 +73,7 @@ class EngineActor:
 
     async def ready(self) -> dict:
         return {"name": self.name, "model": self.loaded.model_id, "device": str(self.loaded.device),
-                "started": self._started}
+                "random_weights": self.loaded.random_weights, "started": self._started}
 
     async def open(self, stream_id: str, concepts: list[str], detection_threshold: float | None = None) -> None:
         async with self._sessions_lock:

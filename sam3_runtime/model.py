@@ -34,6 +34,11 @@ from sam3_runtime.tokenizer import Sam3Tokenizer, build_clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
+# Marks checkpoints written by ``write_random_checkpoint`` so that every tool can say so plainly.
+RANDOM_WEIGHTS_KEY = "sam3_stream_random_weights"
+REAL_CHECKPOINT_HINT = ("to use SAM 3 itself, accept the licence of facebook/sam3 on the Hugging Face hub, "
+                        "set HF_TOKEN and use the checkpoint facebook/sam3")
+
 
 class Sam3Model(nn.Module):
     """Detector + tracker, sharing the detector's ViT; the tracker reads it through its own neck."""
@@ -56,6 +61,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     model_id: str
+    random_weights: bool = False
     text_cache: TextEmbeddingCache = field(default_factory=lambda: TextEmbeddingCache(max_entries=4096))
 
     @torch.inference_mode()
@@ -76,6 +82,9 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
     dt = resolve_dtype(dtype, dev)
     resolved = resolve_checkpoint(spec, token=token)
     config = _read_config(resolved.config_path)
+    random_weights = bool(resolved.config_path and json.loads(Path(resolved.config_path).read_text()).get(RANDOM_WEIGHTS_KEY))
+    if random_weights:
+        logger.warning("%s has random weights: its masks mean nothing (%s)", spec, REAL_CHECKPOINT_HINT)
     if resolved.tokenizer_path is None:
         raise CheckpointError(
             f"{spec}: no tokenizer.json found next to the weights; use a checkpoint directory that holds "
@@ -88,7 +97,8 @@ def load_model(spec: str, device: str | torch.device = "auto", dtype: str | torc
     model = model.to(device=dev, dtype=dt).eval()
     tokenizer = Sam3Tokenizer.from_file(resolved.tokenizer_path, context_length=config.detector.text_config.max_position_embeddings)
     logger.info("loaded %s on %s (%s)", resolved.model_id, dev, str(dt).removeprefix("torch."))
-    return LoadedModel(model=model, config=config, tokenizer=tokenizer, device=dev, dtype=dt, model_id=resolved.model_id)
+    return LoadedModel(model=model, config=config, tokenizer=tokenizer, device=dev, dtype=dt, model_id=resolved.model_id,
+                       random_weights=random_weights)
 
 
 def _read_config(path: Path | None) -> Sam3Config:
@@ -135,7 +145,7 @@ def write_random_checkpoint(out_dir: str | Path, seed: int = 0, config: Sam3Conf
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2))
+    (out / "config.json").write_text(json.dumps({**config.to_hf_dict(), RANDOM_WEIGHTS_KEY: True}, indent=2))
     text = config.detector.text_config
     build_clip_tokenizer(text.vocab_size).save(str(out / "tokenizer.json"))
     return out
