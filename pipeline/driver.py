@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -58,16 +59,18 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                 logger.info("embedded Kafka-compatible broker on %s", kafka_servers)
         _install_signal_handlers(stop, cleanup)
 
+        run_id = uuid.uuid4().hex[:6]  # actor names stay unique when a job runs again in the same cluster
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = job.model.device != "cpu" and gpus >= 1
         engines = {}
         for i in range(job.engine.replicas):
             name = f"engine-{i}"
-            engines[name] = EngineActor.options(name=f"{job.name}-{name}", num_gpus=1 if use_gpu else 0).remote(
+            engines[name] = EngineActor.options(name=f"{job.name}-{run_id}-{name}", num_gpus=1 if use_gpu else 0).remote(
                 str(job.model.checkpoint), device=job.model.device, dtype=job.model.dtype,
                 max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
                 hotstart=job.engine.hotstart, name=name,
             )
+        cleanup.callback(lambda: [ray.kill(a) for a in engines.values()])
         infos = ray.get([e.ready.remote() for e in engines.values()])
         if any(i["random_weights"] for i in infos):
             from sam3_runtime.model import REAL_CHECKPOINT_HINT
@@ -80,8 +83,9 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         for spec in job.streams:
             name = min(load, key=load.get)  # least-loaded engine
             load[name] += 1
-            actor = StreamActor.options(name=f"{job.name}-stream-{spec.id}").remote(job, spec, engines[name], kafka_servers)
+            actor = StreamActor.options(name=f"{job.name}-{run_id}-stream-{spec.id}").remote(job, spec, engines[name], kafka_servers)
             streams[spec.id] = actor
+            cleanup.callback(ray.kill, actor)
             runs[spec.id] = actor.run.remote()
 
         if on_started is not None:
