@@ -198,3 +198,16 @@ def test_low_precision_smoke(tiny, encoder, pixels, dtype):
         assert ours.dtype == dtype
         assert torch.isfinite(ours).all()
         assert rel_err(ours, theirs) < tol
+
+
+def test_position_grid_is_cached_and_usable_outside_inference_mode():
+    enc = SinePositionEncoding(8)
+    with torch.inference_mode():
+        first = enc(6, 5, batch_size=2)
+    again = enc(6, 5, batch_size=3)
+    assert torch.equal(first[0], again[0]) and again.shape == (3, 16, 6, 5)
+    assert again.data_ptr() == first.data_ptr()  # the same constant, not recomputed
+    assert not again.is_inference()
+    w = torch.ones(1, requires_grad=True)
+    (again * w).sum().backward()  # a cached grid may meet autograd later
+    assert w.grad is not None

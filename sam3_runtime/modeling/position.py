@@ -56,6 +56,8 @@ class SinePositionEncoding(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
+        # grids are constants of (size, device, dtype): computed once, not every frame
+        self._grids: dict[tuple, Tensor] = {}
 
     def extra_repr(self) -> str:
         return f"num_pos_feats={self.num_pos_feats}, temperature={self.temperature}, normalize={self.normalize}"
@@ -83,10 +85,17 @@ class SinePositionEncoding(nn.Module):
         batch dimension is an expanded view (no memory per image). Call ``.contiguous()``
         before writing into it.
         """
-        f = self.num_pos_feats
-        pos_y = self._axis(height, device).to(dtype).t()[:, :, None].expand(f, height, width)
-        pos_x = self._axis(width, device).to(dtype).t()[:, None, :].expand(f, height, width)
-        grid = torch.cat((pos_y, pos_x), dim=0)
+        key = (height, width, str(torch.device(device) if device is not None else "cpu"), dtype)
+        grid = self._grids.get(key)
+        if grid is None:
+            # a plain tensor even when called under inference mode, so that later autograd use is fine
+            with torch.inference_mode(False), torch.no_grad():
+                f = self.num_pos_feats
+                pos_y = self._axis(height, device).to(dtype).t()[:, :, None].expand(f, height, width)
+                pos_x = self._axis(width, device).to(dtype).t()[:, None, :].expand(f, height, width)
+                grid = torch.cat((pos_y, pos_x), dim=0)
+            if grid.device.type != "meta":
+                self._grids[key] = grid
         return grid[None].expand(batch_size, -1, -1, -1)
 
     def encode_xy(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
