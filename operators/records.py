@@ -21,6 +21,9 @@ EVENT_TYPES = (
     "track_start", "track_end", "stream_start", "stream_end", "stream_error", "stream_reconnect",
 )
 
+# COCO compressed RLE of a mask, as every record carries it
+MASK_TYPE = pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])
+
 TRACK_SCHEMA = pa.schema([
     ("schema_version", pa.int16()),
     ("job", pa.string()),
@@ -33,7 +36,7 @@ TRACK_SCHEMA = pa.schema([
     ("concept", pa.string()),
     ("score", pa.float32()),
     ("box_xyxy", pa.list_(pa.float32(), 4)),
-    ("mask", pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])),
+    ("mask", MASK_TYPE),
     ("area_px", pa.int64()),
     ("model", pa.string()),
 ])

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from operators.records import MASK_TYPE
 from sam3_runtime.masks import encode_rle
 from sam3_runtime.video.types import FrameResult
 
@@ -21,7 +22,7 @@ TRACK_SCHEMA = pa.schema([
     ("tracker_score", pa.float32()),
     ("tentative", pa.bool_()),
     ("box_xyxy", pa.list_(pa.float32(), 4)),
-    ("mask", pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])),
+    ("mask", MASK_TYPE),
     ("area_px", pa.int64()),
 ])
 

@@ -115,24 +115,9 @@ class FpsSampler:
         return True
 
 
-def open_video(
-    source: str | os.PathLike[str],
-    fps: float | None = None,
-    *,
-    thread_type: str = "AUTO",
-    max_consecutive_errors: int = 50,
-    options: Mapping[str, str] | None = None,
-    timeout_s: float | None = None,
-) -> VideoSource:
-    """Open a video file or stream URL; see :class:`VideoSource`."""
-    return VideoSource(
-        source,
-        fps,
-        thread_type=thread_type,
-        max_consecutive_errors=max_consecutive_errors,
-        options=options,
-        timeout_s=timeout_s,
-    )
+def open_video(source: str | os.PathLike[str], fps: float | None = None, **options) -> VideoSource:
+    """Open a video file or stream URL; ``options`` are :class:`VideoSource`'s keyword arguments."""
+    return VideoSource(source, fps, **options)
 
 
 def _is_url(source: str) -> bool:

@@ -9,6 +9,7 @@ does not import the other's dependencies (kafka-python, pyarrow.parquet).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,6 +26,26 @@ class SinkError(RuntimeError):
         super().__init__(message)
         self.failed = failed
         self.reasons = dict(reasons or {})
+
+
+class ClosingSink:
+    """Context-manager behaviour shared by the sinks: ``close()`` on exit; when an exception is
+    already on its way out, a ``SinkError`` from closing is logged instead of hiding it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except SinkError as sink_exc:
+            logging.getLogger(type(self).__module__).error("%s closed with failures: %s", type(self).__name__, sink_exc)
 
 
 _LAZY = {

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from operators.records import Event, TrackObservation
-from operators.sinks import SinkError
+from operators.sinks import ClosingSink, SinkError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _describe(exc: BaseException) -> str:
     return text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}"
 
 
-class KafkaSink:
+class KafkaSink(ClosingSink):
     """Kafka producer for ``topic`` (track observations) and ``events_topic`` (events).
 
     Counters (plain attributes, cumulative): ``sent`` records acknowledged by the broker,
@@ -268,14 +268,3 @@ class KafkaSink:
         if self._closed:
             raise SinkError(f"Kafka sink for {self.bootstrap_servers} is closed; create a new KafkaSink")
 
-    def __enter__(self) -> KafkaSink:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:  # do not hide the exception already on its way out
-            self.close()
-        except SinkError as sink_exc:
-            logger.error("Kafka sink closed with failures: %s", sink_exc)

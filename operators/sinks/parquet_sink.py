@@ -44,7 +44,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from operators.records import EVENT_SCHEMA, SCHEMA_VERSION, TRACK_SCHEMA, Event, TrackObservation
-from operators.sinks import SinkError
+from operators.sinks import ClosingSink, SinkError
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _Buffer:
     oldest: float = 0.0  # time.monotonic() of the first buffered row
 
 
-class ParquetSink:
+class ParquetSink(ClosingSink):
     """Buffered, atomic Parquet writer for one job's track observations and events.
 
     Counters (plain attributes, cumulative): ``rows_written``, ``files_written``.
@@ -226,14 +226,3 @@ class ParquetSink:
             finally:
                 self._closed = True
 
-    def __enter__(self) -> ParquetSink:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:  # do not hide the exception already on its way out
-            self.close()
-        except SinkError as sink_exc:
-            logger.error("Parquet sink closed with failures: %s", sink_exc)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sam3_runtime.config import ViTConfig
-from sam3_runtime.modeling.layers import FeedForward
+from sam3_runtime.modeling.layers import Attention, FeedForward
 
 # -- windows ------------------------------------------------------------------------------
 
@@ -155,19 +155,13 @@ class ViTEmbeddings(nn.Module):
         return table.repeat(1, -(-height // p), -(-width // p), 1)[:, :height, :width]
 
 
-class RoPEAttention(nn.Module):
-    """Multi-head self-attention with 2-D RoPE on queries and keys."""
+class RoPEAttention(Attention):
+    """Multi-head self-attention with 2-D RoPE on queries and keys (``Attention``'s projections)."""
 
     def __init__(self, hidden_size: int, num_heads: int) -> None:
-        super().__init__()
         if hidden_size % num_heads or (hidden_size // num_heads) % 4:
             raise ValueError(f"head dim {hidden_size}/{num_heads} must be an integer multiple of 4 for 2-D RoPE")
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = nn.Linear(hidden_size, hidden_size)
-        self.v_proj = nn.Linear(hidden_size, hidden_size)
-        self.o_proj = nn.Linear(hidden_size, hidden_size)
+        super().__init__(hidden_size, num_heads)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
         """``x [B, N, C]``, ``rope`` from :func:`rope_tables` for those N positions -> ``[B, N, C]``."""
