@@ -1,6 +1,8 @@
 """EngineActor: one streaming engine per GPU, batching frames of many streams into one step.
 
-Streams call ``process`` with one frame at a time (they may keep a few frames in flight). The
+Streams call ``process`` with one frame at a time (they may keep a few frames in flight). Each
+frame carries its sequence number in the stream's session, because an async Ray actor may start
+one caller's calls out of order; frames are released to the batcher strictly in sequence. The
 actor gathers requests for up to ``max_wait_ms`` or until ``max_batch`` distinct streams are
 waiting, runs ``StreamingEngine.step`` on them in a worker thread (the event loop stays free
 to accept more requests), and answers each caller with its stream's ``FrameResult``. A
@@ -65,39 +67,67 @@ class EngineActor:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.stats_ = EngineStats()
-        self._queue: deque = deque()
+        self._queue: deque = deque()  # (stream_id, frame, future), released in sequence order
+        self._next_seq: dict[str, int] = {}  # per open session: the sequence number released next
+        self._early: dict[str, dict[int, tuple]] = {}  # frames that arrived before their predecessors
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._sessions_lock = asyncio.Lock()  # a step and a session edit never overlap
         self._started = time.time()
 
     async def ready(self) -> dict:
+        import torch
+
         return {"name": self.name, "model": self.loaded.model_id, "device": str(self.loaded.device),
-                "random_weights": self.loaded.random_weights, "started": self._started}
+                "random_weights": self.loaded.random_weights, "started": self._started,
+                "torch_threads": torch.get_num_threads()}
 
     async def open(self, stream_id: str, concepts: list[str], detection_threshold: float | None = None) -> None:
         async with self._sessions_lock:
             if stream_id in self.engine.stream_ids:
                 self.engine.close_session(stream_id)  # a stream re-opening after its own restart
+            self._forget(stream_id)
             self.engine.open_session(stream_id, concepts, detection_threshold=detection_threshold)
+            self._next_seq[stream_id] = 0
             self.stats_.streams = len(self.engine.stream_ids)
 
     async def close(self, stream_id: str) -> None:
         async with self._sessions_lock:
             if stream_id in self.engine.stream_ids:
                 self.engine.close_session(stream_id)
+            self._forget(stream_id)
             self.stats_.streams = len(self.engine.stream_ids)
+
+    def _forget(self, stream_id: str) -> None:
+        """Drop a session's sequencing state; frames still waiting for a predecessor fail."""
+        self._next_seq.pop(stream_id, None)
+        for _, future in self._early.pop(stream_id, {}).values():
+            if not future.done():
+                future.set_exception(RuntimeError(f"session of stream {stream_id!r} was re-opened or closed"))
 
     async def stats(self) -> EngineStats:
         return self.stats_
 
-    async def process(self, stream_id: str, frame: np.ndarray):
-        """The engine's result for the stream's next frame (a ``FrameResult``)."""
+    async def process(self, stream_id: str, seq: int, frame: np.ndarray):
+        """The engine's result (a ``FrameResult``) for frame number ``seq`` of the stream's session.
+
+        ``seq`` counts 0, 1, 2, ... from the stream's latest ``open``; a frame is stepped only
+        after every frame before it in the session.
+        """
+        if stream_id not in self._next_seq:
+            raise RuntimeError(f"stream {stream_id!r} has no open session on engine {self.name!r}; call open() first")
+        if seq < self._next_seq[stream_id] or seq in self._early.get(stream_id, {}):
+            raise ValueError(f"stream {stream_id!r}: frame {seq} was already sent in this session")
         if self._loop_task is None:
             self._wakeup = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
         future = asyncio.get_running_loop().create_future()
-        self._queue.append((stream_id, frame, future))
+        early = self._early.setdefault(stream_id, {})
+        early[seq] = (frame, future)
+        while self._next_seq[stream_id] in early:
+            frame_, future_ = early.pop(self._next_seq[stream_id])
+            self._queue.append((stream_id, frame_, future_))
+            self._next_seq[stream_id] += 1
         self._wakeup.set()
         return await future
 

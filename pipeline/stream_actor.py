@@ -104,6 +104,7 @@ class StreamActor:
 
         publish([], [tracks.stream_start(0, now())])
         ray.get(self.engine.open.remote(stream.id, self._concepts, self._detection_threshold))
+        self._sent = 0  # frames sent to the current engine session (its sequence numbers)
         self.stats.state = "running"
         in_flight: deque = deque()
         failure: str | None = None
@@ -111,7 +112,7 @@ class StreamActor:
             frames = _decoded(stream_frames(stream.source, stream.fps, loop=stream.loop, on_reconnect=on_reconnect,
                                             should_stop=self._stop.is_set), window, stream.live, self.stats, self._stop)
             for frame in frames:
-                in_flight.append((frame, self.engine.process.remote(stream.id, frame.image)))
+                in_flight.append((frame, self._send(frame)))
                 if len(in_flight) >= window:
                     position[:] = self._collect(in_flight, tracks, publish)
             while in_flight:
@@ -189,10 +190,16 @@ class StreamActor:
                     raise RuntimeError(f"engine did not come back within {ENGINE_WAIT_S:.0f} s") from error
                 time.sleep(0.5)
         self._relink_pending = True
+        self._sent = 0
         frames = [f for f, _ in in_flight]
         in_flight.clear()
         for f in frames:  # nothing decoded is lost: the frames in flight go to the new session
-            in_flight.append((f, self.engine.process.remote(self.stream.id, f.image)))
+            in_flight.append((f, self._send(f)))
+
+    def _send(self, frame):
+        ref = self.engine.process.remote(self.stream.id, self._sent, frame.image)
+        self._sent += 1
+        return ref
 
 
 def _decoded(frames, window: int, live: bool, stats: StreamStats, stop: threading.Event):

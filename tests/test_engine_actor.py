@@ -1,0 +1,54 @@
+"""EngineActor on real Ray: frames of a session are stepped in sequence whatever order they arrive in."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from operators.synthetic import write_synthetic_video
+from operators.video_source import open_video
+from sam3_runtime.model import write_random_checkpoint
+
+CONCEPTS = ["red square", "green disc"]
+
+
+@pytest.fixture(scope="module")
+def engine_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine_actor")
+    video = write_synthetic_video(root / "v.mp4", frames=4, size=(96, 64), fps=10)
+    return write_random_checkpoint(root / "tiny"), [f.image for f in open_video(video)]
+
+
+def _objects(result):
+    return [(o.track_id, o.concept, round(o.score, 5), int(np.count_nonzero(o.mask))) for o in result.objects]
+
+
+def test_frames_are_stepped_in_sequence_order(ray_session, engine_inputs):
+    from pipeline.engine_actor import EngineActor
+
+    ray = ray_session
+    ckpt, frames = engine_inputs
+    engine = EngineActor.remote(str(ckpt), device="cpu", max_batch=2, max_wait_ms=5.0, hotstart="off")
+    try:
+        ray.get(engine.open.remote("in-order", CONCEPTS, 0.1))
+        expected = [ray.get(engine.process.remote("in-order", i, f)) for i, f in enumerate(frames)]
+
+        ray.get(engine.open.remote("reversed", CONCEPTS, 0.1))
+        refs = {}
+        for i in reversed(range(len(frames))):  # the last frame first: each waits for its predecessors
+            refs[i] = engine.process.remote("reversed", i, frames[i])
+            time.sleep(0.2)
+            if i:
+                assert not ray.wait([refs[i]], timeout=0)[0], f"frame {i} was stepped before frame {i - 1}"
+        got = [ray.get(refs[i]) for i in range(len(frames))]
+        assert [r.frame_index for r in got] == list(range(len(frames)))
+        assert [_objects(r) for r in got] == [_objects(r) for r in expected]
+
+        with pytest.raises(ray.exceptions.RayTaskError, match="already sent"):
+            ray.get(engine.process.remote("reversed", 1, frames[1]))
+        with pytest.raises(ray.exceptions.RayTaskError, match="call open"):
+            ray.get(engine.process.remote("never-opened", 0, frames[0]))
+    finally:
+        ray.kill(engine)
