@@ -30,6 +30,7 @@ session's engine ids onto the durable ids they continue.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -222,6 +223,38 @@ class StreamTracks:
                 track.engine_id = int(engine_id)
                 self._by_engine[int(engine_id)] = track
 
+    # -- checkpoint -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The table as plain JSON-able data: the id counter and every live track's history.
+
+        Engine ids are left out: they belong to an engine session, which does not outlive the
+        stream that restores this state. After :meth:`load_state_dict` the tracks wait for
+        :meth:`relink` to hand them to the new session's engine ids.
+        """
+        tracks = []
+        for track in self._live.values():
+            fields = dataclasses.asdict(track)
+            del fields["engine_id"]
+            fields["max_score"] = None if track.max_score == -math.inf else track.max_score
+            tracks.append(fields)
+        return {"version": 1, "stream_id": self.stream_id, "next_id": self._next_id, "tracks": tracks}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` output (same stream); replaces the whole table."""
+        if state.get("version") != 1 or state.get("stream_id") != self.stream_id:
+            raise ValueError(f"state of stream {state.get('stream_id')!r} (version {state.get('version')}) cannot be "
+                             f"loaded into stream {self.stream_id!r}: resume a stream only from its own checkpoint")
+        live = {}
+        for fields in state["tracks"]:
+            track = _Track(**{**fields, "engine_id": None})
+            track.max_score = -math.inf if track.max_score is None else track.max_score
+            if track.concept not in self.rules:
+                continue  # the watchlist lost this concept: the track is not followed any more
+            live[track.durable_id] = track
+        self._live, self._by_engine, self._pending = live, {}, {}
+        self._next_id = max([int(state["next_id"]), *(d + 1 for d in live)])
+
     # -- per frame ----------------------------------------------------------------------------
 
     def update(
@@ -363,6 +396,10 @@ class StreamTracks:
         self, frame_index: int, ts: datetime, error: str | BaseException, *, pts_s: float | None = None, **details: Any
     ) -> Event:
         return stream_event("stream_error", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error, **details)
+
+    def stream_resume(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
+        """The stream carries on from its checkpoint at ``frame_index`` after its process died."""
+        return stream_event("stream_resume", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, **details)
 
     def stream_reconnect(
         self, frame_index: int, ts: datetime, *, attempt: int, error: str | BaseException | None, downtime_s: float,

@@ -18,7 +18,7 @@ import pyarrow as pa
 SCHEMA_VERSION = 1
 
 EVENT_TYPES = (
-    "track_start", "track_end", "stream_start", "stream_end", "stream_error", "stream_reconnect",
+    "track_start", "track_end", "stream_start", "stream_end", "stream_error", "stream_reconnect", "stream_resume",
 )
 
 # COCO compressed RLE of a mask, as every record carries it

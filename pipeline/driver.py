@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
 POLL_S = 1.0
+STREAM_RESTARTS = 3  # a stream actor that dies is restored from its checkpoint this many times
 
 
 @dataclass
@@ -36,9 +37,17 @@ class JobResult:
     streams: dict[str, dict]  # per stream: its final counters, state, error and outputs
 
 
+@dataclass
+class JobActors:
+    """The running job's actors by name (engine-0, ...) and by stream id, for tools and tests."""
+
+    engines: dict
+    streams: dict
+
+
 def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool = True,
-            on_started: Callable[[dict], None] | None = None) -> JobResult:
-    """Run a job file to its end. ``on_started`` gets the engine actors once streams run (tests, tools)."""
+            on_started: Callable[[JobActors], None] | None = None) -> JobResult:
+    """Run a job file to its end. ``on_started`` gets the actors once streams run (tests, tools)."""
     from operators.broker import resolve_bootstrap
     from pipeline.engine_actor import EngineActor
     from pipeline.jobspec import load_job
@@ -83,18 +92,21 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         for spec in job.streams:
             name = min(load, key=load.get)  # least-loaded engine
             load[name] += 1
-            actor = StreamActor.options(name=f"{job.name}-{run_id}-stream-{spec.id}").remote(job, spec, engines[name], kafka_servers)
+            actor = StreamActor.options(name=f"{job.name}-{run_id}-stream-{spec.id}", max_restarts=STREAM_RESTARTS,
+                                        max_task_retries=0).remote(job, spec, engines[name], kafka_servers)
             streams[spec.id] = actor
             cleanup.callback(ray.kill, actor)
             runs[spec.id] = actor.run.remote()
 
         if on_started is not None:
-            on_started(engines)
+            on_started(JobActors(engines, streams))
         metrics = JobMetrics(job.name)
         if job.metrics.port:
             metrics.serve(job.metrics.port)
         progress = JobProgress(job.name, enabled=show_progress)
         finals: dict[str, dict] = {}
+        checkpoints: dict = {}  # stream id -> its latest StreamCheckpoint
+        restarts = dict.fromkeys(streams, 0)
         started = time.time()
         with progress:
             pending = dict(runs)
@@ -103,8 +115,16 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                 ready, _ = ray.wait(list(pending.values()), timeout=POLL_S, num_returns=len(pending))
                 for ref in ready:
                     sid = next(k for k, v in pending.items() if v == ref)
-                    finals[sid] = _result(ref, sid)
+                    outcome = _result(ref, sid)
+                    if outcome.get("actor_died") and restarts[sid] < STREAM_RESTARTS and not stopping:
+                        restarts[sid] += 1
+                        logger.warning("stream %s: its actor died (%s); restoring it from %s (restart %d of %d)", sid,
+                                       outcome["error"], _describe(checkpoints.get(sid)), restarts[sid], STREAM_RESTARTS)
+                        pending[sid] = streams[sid].run.remote(resume=checkpoints.get(sid), restart=restarts[sid])
+                        continue
+                    finals[sid] = outcome
                     del pending[sid]
+                _poll_checkpoints(streams, pending, checkpoints)
                 snapshot = _poll(streams, finals)
                 engine_stats = _poll_engines(engines)
                 metrics.update(snapshot, engine_stats)
@@ -125,8 +145,26 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
 def _result(ref, sid: str) -> dict:
     try:
         return ray.get(ref)
-    except Exception as e:  # the stream actor itself died
-        return {"stream_id": sid, "state": "failed", "error": f"stream actor died: {e}"}
+    except ray.exceptions.RayActorError as e:  # the stream actor itself died
+        return {"stream_id": sid, "state": "failed", "error": f"stream actor died: {e}", "actor_died": True}
+    except Exception as e:
+        return {"stream_id": sid, "state": "failed", "error": f"stream actor failed: {e}"}
+
+
+def _describe(checkpoint) -> str:
+    return "the stream's start" if checkpoint is None else f"its checkpoint at frame {checkpoint.frame_index}"
+
+
+def _poll_checkpoints(streams: dict, pending: dict, checkpoints: dict) -> None:
+    """Keep each running stream's latest checkpoint here, where it outlives the stream's actor."""
+    refs = {sid: streams[sid].checkpoint.remote() for sid in pending}
+    for sid, ref in refs.items():
+        try:
+            checkpoint = ray.get(ref, timeout=POLL_S)
+        except Exception:
+            continue
+        if checkpoint is not None:
+            checkpoints[sid] = checkpoint
 
 
 def _poll(streams: dict, finals: dict[str, dict]) -> dict[str, dict]:

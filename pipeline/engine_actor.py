@@ -99,9 +99,12 @@ class EngineActor:
             self.stats_.streams = len(self.engine.stream_ids)
 
     def _forget(self, stream_id: str) -> None:
-        """Drop a session's sequencing state; frames still waiting for a predecessor fail."""
+        """Drop a session's sequencing state; its frames not stepped yet fail (their caller is gone)."""
         self._next_seq.pop(stream_id, None)
-        for _, future in self._early.pop(stream_id, {}).values():
+        waiting = [future for _, future in self._early.pop(stream_id, {}).values()]
+        waiting += [future for sid, _, future in self._queue if sid == stream_id]
+        self._queue = deque(req for req in self._queue if req[0] != stream_id)
+        for future in waiting:
             if not future.done():
                 future.set_exception(RuntimeError(f"session of stream {stream_id!r} was re-opened or closed"))
 

@@ -41,6 +41,12 @@ class StreamOutputs:
         if self._parquet is not None:
             self._parquet.maybe_flush()
 
+    def flush(self) -> None:
+        """Make everything written so far durable (Parquet files on disk, Kafka records acknowledged)."""
+        for sink in (self._parquet, self._kafka):
+            if sink is not None:
+                sink.flush()
+
     def close(self) -> None:
         """Flush and close every sink; the first failure is raised after all were closed."""
         errors = []

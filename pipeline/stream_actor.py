@@ -5,6 +5,10 @@ source, the durable track table and its id counter, and the sinks. When its engi
 restarts the engine; the stream re-opens its session there, re-sends the frames that were in
 flight (so no frame after the restart is lost) and re-links the tracks the fresh session
 re-acquires to their durable ids.
+
+When the stream actor itself dies, its last ``StreamCheckpoint`` (taken every
+``sinks.parquet.flush_seconds`` right after a sink flush, and held by the driver) lets the restarted
+actor carry on from there: ``run(resume=checkpoint)``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 import ray
@@ -23,6 +27,7 @@ from ray.exceptions import RayActorError
 logger = logging.getLogger(__name__)
 
 ENGINE_WAIT_S = 120.0  # how long a stream waits for a restarted engine before it fails
+CHECKPOINT_EVERY_S = 5.0  # between checkpoints (each flushes the sinks) when there is no Parquet flush cadence
 
 
 @dataclass
@@ -39,6 +44,7 @@ class StreamStats:
     sink_errors: int = 0
     engine_restarts: int = 0
     reconnects: int = 0
+    restarts: int = 0  # times this stream was restored from its checkpoint
     error: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     updated: float = 0.0
@@ -55,6 +61,11 @@ class StreamActor:
         self.kafka_servers = kafka_servers
         self.stats = StreamStats(stream.id)
         self._stop = threading.Event()
+        self._checkpoint = None  # the latest StreamCheckpoint
+
+    def checkpoint(self):
+        """The latest checkpoint (a ``StreamCheckpoint``), or None before the first one."""
+        return self._checkpoint
 
     def stop(self) -> None:
         """Finish promptly: stop reading, drain the frames in flight, close tracks, flush sinks."""
@@ -64,7 +75,9 @@ class StreamActor:
         self.stats.updated = time.time()
         return asdict(self.stats)
 
-    def run(self) -> dict:
+    def run(self, resume=None, restart: int = 0) -> dict:
+        """Process the stream to its end. After the actor died, ``restart`` counts the restarts and
+        ``resume`` (a ``StreamCheckpoint``, None when it died before its first one) is where it left off."""
         from operators.lifecycle import StreamTracks
         from operators.sources import stream_frames
         from operators.video_source import VideoSourceError
@@ -83,6 +96,16 @@ class StreamActor:
         self.stats.outputs = outputs.locations
         window = max(1, stream.max_in_flight)
         position = [0, 0.0]  # index and pts of the last frame handled
+        if resume is not None:
+            tracks.load_state_dict(resume.tracks)
+            self._last_boxes = dict(resume.last_boxes)
+            self._relink_pending = True  # the fresh session's first frame re-links the live tracks
+            position = [resume.frame_index, resume.pts_s]
+            for name, value in resume.counters.items():
+                setattr(self.stats, name, value)
+        self.stats.restarts = restart
+        self._checkpoint_every = job.sinks.parquet.flush_seconds if job.sinks.parquet else CHECKPOINT_EVERY_S
+        self._checkpoint_due = time.monotonic() + self._checkpoint_every
 
         def now():
             return datetime.now(UTC)
@@ -102,19 +125,28 @@ class StreamActor:
             publish([], [tracks.stream_reconnect(position[0], now(), attempt=attempt, error=str(error),
                                                  downtime_s=downtime_s, pts_s=position[1])])
 
-        publish([], [tracks.stream_start(0, now())])
+        if resume is None:
+            publish([], [tracks.stream_start(0, now())])
+        else:
+            logger.warning("stream %s: restored from its checkpoint at frame %d (restart %d)", stream.id,
+                           resume.frame_index, restart)
+            publish([], [tracks.stream_resume(resume.frame_index, now(), pts_s=resume.pts_s, restarts=restart)])
         ray.get(self.engine.open.remote(stream.id, self._concepts, self._detection_threshold))
         self._sent = 0  # frames sent to the current engine session (its sequence numbers)
         self.stats.state = "running"
         in_flight: deque = deque()
         failure: str | None = None
         try:
-            frames = _decoded(stream_frames(stream.source, stream.fps, loop=stream.loop, on_reconnect=on_reconnect,
-                                            should_stop=self._stop.is_set), window, stream.live, self.stats, self._stop)
+            source = stream_frames(stream.source, stream.fps, loop=stream.loop, on_reconnect=on_reconnect,
+                                   should_stop=self._stop.is_set)
+            if resume is not None:
+                source = _after(source, resume, stream.live)
+            frames = _decoded(source, window, stream.live, self.stats, self._stop)
             for frame in frames:
                 in_flight.append((frame, self._send(frame)))
                 if len(in_flight) >= window:
                     position[:] = self._collect(in_flight, tracks, publish)
+                    self._maybe_checkpoint(tracks, outputs, position)
             while in_flight:
                 position[:] = self._collect(in_flight, tracks, publish)
         except VideoSourceError as e:
@@ -145,6 +177,24 @@ class StreamActor:
             with contextlib.suppress(RayActorError):
                 ray.get(self.engine.close.remote(stream.id))
         return self.get_stats()
+
+    def _maybe_checkpoint(self, tracks, outputs, position) -> None:
+        from operators.stream_checkpoint import COUNTERS, StreamCheckpoint
+
+        if time.monotonic() < self._checkpoint_due:
+            return
+        self._checkpoint_due = time.monotonic() + self._checkpoint_every
+        try:
+            outputs.flush()  # a checkpoint never runs ahead of what the sinks hold
+        except Exception as e:
+            self.stats.sink_errors += 1
+            logger.error("stream %s: sink flush failed, checkpoint skipped: %s", self.stream.id, e)
+            return
+        self._checkpoint = StreamCheckpoint(
+            stream_id=self.stream.id, frame_index=int(position[0]), pts_s=float(position[1]),
+            tracks=tracks.state_dict(), last_boxes=dict(self._last_boxes),
+            counters={name: getattr(self.stats, name) for name in COUNTERS},
+        )
 
     def _collect(self, in_flight: deque, tracks, publish) -> list:
         """Wait for the oldest frame in flight; on an engine failure, re-open and re-send."""
@@ -200,6 +250,19 @@ class StreamActor:
         ref = self.engine.process.remote(self.stream.id, self._sent, frame.image)
         self._sent += 1
         return ref
+
+
+def _after(frames, checkpoint, live: bool):
+    """The frames a restored stream still has to handle. A file source is decoded again from its
+    start and skips what the checkpoint covers; a live source goes on from now, numbered on."""
+    if live:
+        offset, pts = checkpoint.frame_index + 1, checkpoint.pts_s
+        for frame in frames:
+            yield replace(frame, index=frame.index + offset, pts_s=frame.pts_s + pts)
+        return
+    for frame in frames:
+        if frame.index > checkpoint.frame_index:
+            yield frame
 
 
 def _decoded(frames, window: int, live: bool, stats: StreamStats, stop: threading.Event):

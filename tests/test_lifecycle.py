@@ -238,6 +238,33 @@ def test_relink_before_the_object_reappears():
     assert [o.track_id for o in observations] == [3] and events == []
 
 
+def test_state_dict_round_trip_continues_the_table_in_a_new_stream_instance():
+    import json
+
+    tracks = make(Rule("person", min_frames=2), end_after_frames=3)
+    frame(tracks, 0, [obj(4, score=0.95), obj(6)])
+    frame(tracks, 1, [obj(4, score=0.7), obj(6)])
+    frame(tracks, 2, [obj(9)])  # a candidate, not yet published
+    state = json.loads(json.dumps(tracks.state_dict()))  # what a checkpoint file holds
+
+    restored = make(Rule("person", min_frames=2), end_after_frames=3)
+    restored.load_state_dict(state)
+    assert restored.next_id == tracks.next_id == 10
+    assert restored.live_ids() == [4, 6] and restored.live_ids(published_only=False) == [4, 6, 9]
+    assert restored.durable_id(4) is None  # engine ids belong to the old session
+    restored.relink({0: 4})  # the new session re-acquires 4 only; unpublished candidate 9 is dropped
+    observations, events = frame(restored, 3, [obj(0, score=0.8), obj(1)])
+    assert [o.track_id for o in observations] == [4] and events == []  # 4 continues; newcomer needs 2 frames
+    observations, _ = frame(restored, 4, [obj(0), obj(1)])
+    assert [o.track_id for o in observations] == [4, 10]  # no id issued before the checkpoint is reused
+    end = {e.track_id: e for e in restored.close(5, 0.5)}
+    # history survived: published at frame 1, observed on frames 1, 3 and 4, best on 4
+    assert end[4].duration_s == pytest.approx(0.3) and end[4].details["observations"] == 3
+    assert end[4].max_score == pytest.approx(0.9) and end[4].best_frame_index == 4
+    with pytest.raises(ValueError, match="own checkpoint"):
+        StreamTracks("job1", "cam2", "x", "m", [Rule("person")]).load_state_dict(state)
+
+
 def test_state_is_bounded_by_live_objects():
     tracks = make(end_after_frames=2)
     for i in range(200):  # a new object every 5 frames, each visible for 3 frames

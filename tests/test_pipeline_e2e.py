@@ -126,10 +126,10 @@ def test_engine_killed_mid_run(ray_session, media, broker, tmp_path):
     job = _job(tmp_path, media, broker, "failover", {"long": media["long"]})
     killed = threading.Event()
 
-    def kill_soon(engines):
+    def kill_soon(actors):
         def later():
             time.sleep(4.0)
-            ray.kill(engines["engine-0"], no_restart=False)
+            ray.kill(actors.engines["engine-0"], no_restart=False)
             killed.set()
 
         threading.Thread(target=later, daemon=True).start()
@@ -148,11 +148,49 @@ def test_engine_killed_mid_run(ray_session, media, broker, tmp_path):
     assert len(starts) == len(set(starts))  # durable ids never reused across the restart
 
 
+def test_stream_actor_killed_mid_run_resumes_from_its_checkpoint(ray_session, media, broker, tmp_path):
+    import ray
+
+    job = _job(tmp_path, media, broker, "resume", {"long": media["long"]})
+    seen = []  # (first checkpoint seen, latest checkpoint when killed)
+
+    def kill_after_a_checkpoint(actors):
+        def later():
+            stream = actors.streams["long"]
+            while (first := ray.get(stream.checkpoint.remote())) is None:
+                time.sleep(0.05)
+            time.sleep(1.5)  # the driver polls checkpoints every second; it holds this one or a later one
+            latest = ray.get(stream.checkpoint.remote())
+            ray.kill(stream, no_restart=False)
+            seen.append((first.frame_index, latest.frame_index))
+
+        threading.Thread(target=later, daemon=True).start()
+
+    result = run_job(str(job), show_progress=False, on_started=kill_after_a_checkpoint)
+    stats = result.streams["long"]
+    assert result.exit_code == 0, stats
+    assert seen and 0 <= seen[0][0] <= seen[0][1] < 59, seen
+    assert stats["restarts"] == 1 and stats["state"] == "finished"
+    assert stats["frames_processed"] == 60  # counted once: up to the checkpoint, then from there on
+    events = ds.dataset(tmp_path / "out" / "events", partitioning="hive").to_table().to_pylist()
+    resumes = [e for e in events if e["type"] == "stream_resume"]
+    assert len(resumes) == 1 and seen[0][0] <= resumes[0]["frame_index"] <= seen[0][1]
+    assert [e["type"] for e in events].count("stream_end") == 1
+    tracks = ds.dataset(tmp_path / "out" / "tracks", partitioning="hive").to_table().to_pylist()
+    assert max(r["frame_index"] for r in tracks) >= 50  # tracks carry on to the end
+    # ids issued before the checkpoint are never given to a new object after it
+    starts = {}
+    for e in events:
+        if e["type"] == "track_start":
+            starts.setdefault(e["track_id"], set()).add(e["frame_index"])
+    assert all(len(frames) == 1 for frames in starts.values()), starts
+
+
 def test_rtsp_stream_survives_a_server_restart(ray_session, media, broker, tmp_path):
     with rtsp_server(media["long"]) as server:
         job = _job(tmp_path, media, broker, "live", {"cam": server.url})
 
-        def restart_soon(_engines):
+        def restart_soon(_actors):
             def later():
                 time.sleep(5.0)
                 server.kill()
