@@ -77,7 +77,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             engines[name] = EngineActor.options(name=f"{job.name}-{run_id}-{name}", num_gpus=1 if use_gpu else 0).remote(
                 str(job.model.checkpoint), device=job.model.device, dtype=job.model.dtype,
                 max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
-                hotstart=job.engine.hotstart, name=name,
+                hotstart=job.engine.hotstart, evict_after_frames=job.engine.evict_after_frames, name=name,
             )
         cleanup.callback(lambda: [ray.kill(a) for a in engines.values()])
         infos = ray.get([e.ready.remote() for e in engines.values()])

@@ -55,7 +55,8 @@ def _bucket(bounds, value) -> int:
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EngineActor:
     def __init__(self, checkpoint: str, device: str = "auto", dtype: str = "auto", max_batch: int = 8,
-                 max_wait_ms: float = 15.0, hotstart: str = "tentative", name: str = "engine"):
+                 max_wait_ms: float = 15.0, hotstart: str = "tentative", evict_after_frames: int | None = 300,
+                 name: str = "engine"):
         from sam3_runtime.model import load_model
         from sam3_runtime.video.engine import StreamingEngine
         from sam3_runtime.video.types import EngineOptions
@@ -63,7 +64,8 @@ class EngineActor:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.name = name
         self.loaded = load_model(checkpoint, device=device, dtype=dtype)
-        self.engine = StreamingEngine(self.loaded, EngineOptions(hotstart_mode=hotstart))
+        options = EngineOptions(hotstart_mode=hotstart, evict_after_frames=evict_after_frames)
+        self.engine = StreamingEngine(self.loaded, options)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.stats_ = EngineStats()

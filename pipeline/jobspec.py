@@ -143,6 +143,7 @@ class EngineSpec(_Spec):
     max_batch: int = Field(8, ge=1)
     max_wait_ms: float = Field(15.0, ge=0)
     hotstart: Literal["tentative", "off"] = "tentative"
+    evict_after_frames: int | None = Field(300, ge=1)  # drop objects absent this long; null: keep every object
     max_in_flight: int = Field(4, ge=1)  # frames per stream sent to the engine and not yet back
 
 

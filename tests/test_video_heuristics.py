@@ -461,7 +461,7 @@ def masks_of(boxes) -> torch.Tensor:
     return rect_logits(boxes, torch.Generator().manual_seed(0)) if boxes else torch.zeros(0, H, W)
 
 
-def step(table, frame_idx, dets, tracks, cfg=DEFAULTS, mode="tentative"):
+def step(table, frame_idx, dets, tracks, cfg=DEFAULTS, mode="tentative", evict=None):
     """dets: [(box, score)] of concept 0; tracks: obj id -> box (None = empty mask) for every tracked object."""
     boxes = [tracks[i] for i in table.obj_ids.tolist()]
     trk_masks = masks_of([b or (0, 0, 0, 0) for b in boxes])
@@ -469,7 +469,7 @@ def step(table, frame_idx, dets, tracks, cfg=DEFAULTS, mode="tentative"):
     det_scores = torch.tensor([s for _, s in dets], dtype=torch.float32)
     return plan_frame(
         table, frame_idx, det_masks, det_scores, torch.zeros(len(dets), dtype=torch.long),
-        trk_masks, torch.full((len(boxes),), 3.0), cfg, hotstart_mode=mode,
+        trk_masks, torch.full((len(boxes),), 3.0), cfg, hotstart_mode=mode, evict_after_frames=evict,
     )
 
 
@@ -528,6 +528,22 @@ def test_young_duplicate_is_retracted_and_ids_are_not_reused(mode):
         assert removed_at == {} and table.obj_ids.tolist() == [0, 1, 2]
         assert table.dup_counts.tolist()[0][:2] == [0, 12]
     assert plan.new_obj_ids.tolist() == [2] and plan.out_obj_ids.tolist()[-1] == 2
+
+
+@pytest.mark.parametrize("evict", [5, None])
+def test_objects_absent_for_evict_after_frames_are_dropped(evict):
+    _, table = step(MaskletTable.empty(), 0, [(BOX_A, 0.9), (BOX_B, 0.9)], {}, evict=evict)
+    evicted_at = {}
+    for f in range(1, 41):  # A stays in view; B's tracker mask is empty from frame 1 on
+        plan, table = step(table, f, [(BOX_A, 0.9)], {0: BOX_A, 1: None}, evict=evict)
+        evicted_at.update({i: f for i in plan.evicted_obj_ids.tolist()})
+        assert plan.removed_obj_ids.numel() == 0  # eviction is not a hot-start retraction
+    if evict is None:  # the reference's behaviour: an object is never dropped after hot-start
+        assert evicted_at == {} and table.obj_ids.tolist() == [0, 1] and table.absent_frames.tolist() == [0, 40]
+        return
+    assert evicted_at == {1: 5} and table.obj_ids.tolist() == [0]
+    plan, table = step(table, 41, [(BOX_A, 0.9), (BOX_B, 0.9)], {0: BOX_A})
+    assert plan.new_obj_ids.tolist() == [2]  # B comes back under a new id; 1 is never reused
 
 
 def test_new_object_needs_new_det_thresh_and_no_overlap():

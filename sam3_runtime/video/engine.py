@@ -194,6 +194,7 @@ class StreamingEngine:
                 session.table, session.frame_index, det.masks, det.scores, det.prompt_ids,
                 masks[:n, 0], scores[:n, 0], session.video or self.video,
                 hotstart_mode=self.options.hotstart_mode, fill_hole_masks=self.options.fill_holes,
+                evict_after_frames=self.options.evict_after_frames,
             )
             session.drop_table_rows(plan.keep_rows)
             plans.append(plan)
@@ -347,7 +348,7 @@ class StreamingEngine:
         low_res = torch.cat([plan.out_masks.to(self.device)[visible.to(self.device)].float()[:, None], box_masks,
                              *[m for _, m, _ in prompted]]) if ids else None
         result = FrameResult(session.stream_id, session.frame_index, width=w, height=h,
-                             retracted_ids=plan.removed_obj_ids.tolist())
+                             retracted_ids=plan.removed_obj_ids.tolist(), evicted_ids=plan.evicted_obj_ids.tolist())
         if not ids:
             return result
         masks = F.interpolate(low_res, size=(h, w), mode="bilinear", align_corners=False)[:, 0] > 0

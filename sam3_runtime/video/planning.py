@@ -30,6 +30,13 @@ counters instead: ``unmatched_frames`` per object and ``dup_counts`` per ordered
 Nothing in the table grows with the number of frames; rows of retracted objects are dropped,
 which loses nothing (a frozen count could only have triggered on an earlier frame).
 
+Eviction (``evict_after_frames``; the reference has none). The reference keeps every object
+it ever started until the session ends, hidden once it is lost, so on an endless stream the
+number of tracked objects, their memory and the cost of each frame only grow. Here an object
+that has been absent from the output (empty, hidden or suppressed) on ``evict_after_frames``
+consecutive frames is dropped with its memory and listed in ``FramePlan.evicted_obj_ids``; its
+id is never reused. ``None`` keeps the reference's behaviour.
+
 Streaming is forward-only: the reference's ``reverse`` propagation is not mirrored.
 """
 
@@ -79,6 +86,7 @@ class MaskletTable:
     dup_counts: torch.Tensor  # [N, N] int64: [i, j] = times younger j shared a detection with i (i first)
     last_occluded: torch.Tensor  # [N] int64 last frame empty or suppressed; NEVER_OCCLUDED / NOT_SEEN
     confirmed: torch.Tensor  # [N] bool past hot-start (always True with hotstart_mode="off")
+    absent_frames: torch.Tensor  # [N] int64 consecutive frames absent from the output (eviction)
     next_obj_id: int = 0
 
     @classmethod
@@ -90,6 +98,7 @@ class MaskletTable:
             obj_ids=none(), prompt_ids=none(), first_frame=none(), det_score=none(torch.float32),
             tracker_score=none(torch.float32), keep_alive=none(), unmatched_frames=none(),
             dup_counts=torch.zeros(0, 0, dtype=torch.long), last_occluded=none(), confirmed=none(torch.bool),
+            absent_frames=none(),
         )
 
     def __len__(self) -> int:
@@ -108,6 +117,7 @@ class FramePlan:
     # existing objects
     keep_rows: torch.Tensor  # [N'] int64 old rows that survive, in order
     removed_obj_ids: torch.Tensor  # [R] int64 retracted by hot-start this frame
+    evicted_obj_ids: torch.Tensor  # [E] int64 dropped after evict_after_frames frames absent
     newly_confirmed_obj_ids: torch.Tensor  # [C] int64 old objects confirmed this frame
     recondition_rows: torch.Tensor  # [S] int64 old rows whose memory this frame becomes a conditioning frame
     recondition_det_indices: torch.Tensor  # [S] int64 detection that confirmed each of them
@@ -139,6 +149,7 @@ def plan_frame(
     *,
     hotstart_mode: HotstartMode = "tentative",
     fill_hole_masks: bool = False,
+    evict_after_frames: int | None = None,
 ) -> tuple[FramePlan, MaskletTable]:
     """Plan one frame.
 
@@ -147,10 +158,12 @@ def plan_frame(
     tracker's object-score *logits*) are the propagated tracks, one per table row. With
     ``fill_hole_masks`` the tracker masks and the new objects' output masks go through
     ``fill_holes(cfg.fill_hole_area)`` first, as in the official model (off for transformers
-    parity).
+    parity). ``evict_after_frames`` drops objects absent from the output that long (module docstring).
     """
     if hotstart_mode not in ("tentative", "off"):
         raise ValueError(f"hotstart_mode must be 'tentative' or 'off', got {hotstart_mode!r}")
+    if evict_after_frames is not None and evict_after_frames < 1:
+        raise ValueError(f"evict_after_frames must be >= 1 or None, got {evict_after_frames}")
     num_trk = len(table)
     if trk_masks.shape[0] != num_trk or trk_scores.numel() != num_trk:
         raise ValueError(f"{num_trk} tracked objects but trk_masks {tuple(trk_masks.shape)}, trk_scores {tuple(trk_scores.shape)}")
@@ -218,6 +231,13 @@ def plan_frame(
         occluded = ~(trk_masks > 0).flatten(1).any(dim=1).cpu()
         last_occluded = torch.where(occluded | suppressed, frame_idx, last_prev)
 
+    # -- eviction of objects long absent from the output ------------------------------------------
+    absent = trk_empty | hidden | suppressed
+    absent_frames = torch.where(absent, table.absent_frames + 1, torch.zeros_like(table.absent_frames))
+    evicted = torch.zeros(num_trk, dtype=torch.bool)
+    if evict_after_frames is not None:
+        evicted = (absent_frames >= evict_after_frames) & ~removed
+
     # -- masks to encode into memory --------------------------------------------------------------
     memory_masks = track_masks.clone()
     if not cfg.recondition_on_trk_masks and len(recondition_rows) > 0:
@@ -226,7 +246,7 @@ def plan_frame(
     memory_score_logits = torch.where((memory_masks > 0).flatten(1).any(dim=1), 10.0, -10.0)
 
     # -- next table ---------------------------------------------------------------------------------
-    keep_rows = (~removed).nonzero().flatten()
+    keep_rows = (~(removed | evicted)).nonzero().flatten()
     num_new = len(new_det)
     first_frame = torch.cat([table.first_frame[keep_rows], torch.full((num_new,), frame_idx, dtype=torch.long)])
     confirmed = torch.ones_like(first_frame, dtype=torch.bool)
@@ -244,6 +264,7 @@ def plan_frame(
         dup_counts=torch.nn.functional.pad(kept_dup, (0, num_new, 0, num_new)),
         last_occluded=torch.cat([last_occluded[keep_rows], torch.full((num_new,), NOT_SEEN, dtype=torch.long)]),
         confirmed=confirmed,
+        absent_frames=torch.cat([absent_frames[keep_rows], torch.zeros(num_new, dtype=torch.long)]),
         next_obj_id=table.next_obj_id + num_new,
     )
 
@@ -264,6 +285,7 @@ def plan_frame(
         num_dropped=num_dropped,
         keep_rows=keep_rows,
         removed_obj_ids=table.obj_ids[removed],
+        evicted_obj_ids=table.obj_ids[evicted],
         newly_confirmed_obj_ids=table.obj_ids[keep_rows][confirmed[: len(keep_rows)] & ~table.confirmed[keep_rows]],
         recondition_rows=recondition_rows,
         recondition_det_indices=recondition_dets,

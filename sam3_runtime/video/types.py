@@ -21,12 +21,16 @@ class EngineOptions:
     detection_nms: mask NMS between detections of one concept (on in the official model).
     fill_holes: fill small holes / drop small specks in tracker masks (on in the official model).
     non_overlapping: each pixel belongs to at most one object of a concept in the output.
+    evict_after_frames: drop an object (and its memory) once it has been absent from the output
+        this many consecutive frames, so an endless stream does not accumulate every object it
+        ever saw (the official model keeps them all); None keeps them all too.
     """
 
     hotstart_mode: Literal["tentative", "off"] = "tentative"
     detection_nms: bool = True
     fill_holes: bool = True
     non_overlapping: bool = True
+    evict_after_frames: int | None = 300
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class FrameResult:
     height: int = 0
     objects: list[TrackedObject] = field(default_factory=list)
     retracted_ids: list[int] = field(default_factory=list)  # tentative tracks withdrawn on this frame
+    evicted_ids: list[int] = field(default_factory=list)  # objects dropped after a long absence (already not shown)
     error: str | None = None
 
     @property
