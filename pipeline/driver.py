@@ -71,10 +71,12 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         run_id = uuid.uuid4().hex[:6]  # actor names stay unique when a job runs again in the same cluster
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = job.model.device != "cpu" and gpus >= 1
+        _check_resources(job, job_path, use_gpu)
         engines = {}
         for i in range(job.engine.replicas):
             name = f"engine-{i}"
-            engines[name] = EngineActor.options(name=f"{job.name}-{run_id}-{name}", num_gpus=1 if use_gpu else 0).remote(
+            options = dict(name=f"{job.name}-{run_id}-{name}", num_gpus=1 if use_gpu else 0, num_cpus=job.engine.num_cpus)
+            engines[name] = EngineActor.options(**options).remote(
                 str(job.model.checkpoint), device=job.model.device, dtype=job.model.dtype,
                 max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
                 hotstart=job.engine.hotstart, evict_after_frames=job.engine.evict_after_frames, name=name,
@@ -140,6 +142,20 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         for sid in failed:
             logger.error("stream %s failed: %s", sid, finals[sid].get("error"))
         return JobResult(EXIT_PARTIAL if failed else EXIT_OK, finals)
+
+
+def _check_resources(job, job_path: str, use_gpu: bool) -> None:
+    """Engines that ask for more than the cluster has would wait for it forever."""
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    replicas = job.engine.replicas
+    if replicas * job.engine.num_cpus > cpus:
+        raise ValueError(f"{job_path}: engine: {replicas} replica(s) x num_cpus {job.engine.num_cpus} need "
+                         f"{replicas * job.engine.num_cpus} CPUs but the Ray cluster has {cpus:g}; lower "
+                         "engine.num_cpus or engine.replicas, or add nodes")
+    if use_gpu and replicas > gpus:
+        raise ValueError(f"{job_path}: engine.replicas: {replicas} engines need one GPU each but the Ray cluster has "
+                         f"{gpus:g}; set engine.replicas to at most {gpus:g}, or model.device: cpu")
 
 
 def _result(ref, sid: str) -> dict:

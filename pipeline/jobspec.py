@@ -140,6 +140,7 @@ class ModelSpec(_Spec):
 
 class EngineSpec(_Spec):
     replicas: int = Field(1, ge=1)  # engine actors; one per GPU
+    num_cpus: int = Field(1, ge=1)  # CPU cores each engine reserves; a CPU engine runs that many torch threads
     max_batch: int = Field(8, ge=1)
     max_wait_ms: float = Field(15.0, ge=0)
     hotstart: Literal["tentative", "off"] = "tentative"

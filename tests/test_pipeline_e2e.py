@@ -226,3 +226,11 @@ def test_bad_job_files_exit_2(media, broker, tmp_path, patch, message, capsys):
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert message in err and "bad.yaml:" in err and err.count("\n") == 1
+
+
+def test_engines_wanting_more_cpus_than_the_cluster_has_exit_2(ray_session, media, broker, tmp_path, capsys):
+    job = _job(tmp_path, media, broker, "greedy", {"cam": media["a"]})
+    job.write_text(job.read_text().replace("replicas: 1,", "replicas: 2, num_cpus: 64,"))
+    assert main(["run", str(job)]) == 2  # refused at once instead of waiting forever for 128 CPUs
+    err = capsys.readouterr().err
+    assert "greedy.yaml: engine: 2 replica(s) x num_cpus 64 need 128 CPUs" in err and "lower engine.num_cpus" in err
