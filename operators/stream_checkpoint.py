@@ -1,11 +1,13 @@
 """What a stream must remember to carry on after its own process dies.
 
 A ``StreamActor`` takes a checkpoint right after its sinks were flushed, so every output up to
-``frame_index`` is durable. A stream restored from it skips the frames it already handled (file
-sources) or continues the frame numbering (live sources), keeps its durable track ids and the
-history of its live tracks, and re-links the objects its fresh engine session re-acquires. The
-frames after the checkpoint that were handled before the crash are handled again: outputs are
-at least once, and their event ids repeat so consumers can de-duplicate.
+``frame_index`` is durable. A stream restored from it
+first takes back the Parquet files written after it, then skips the frames it already handled
+(file sources) or continues the frame numbering (live sources), keeps its durable track ids and
+the history of its live tracks, and re-links the objects its fresh engine session re-acquires.
+The frames after the checkpoint are handled again: the Parquet dataset holds each frame once,
+while Kafka, which cannot take records back, may hold both versions of those frames (at least
+once; consumers de-duplicate on ``event_id`` and on (stream, frame, track) keys).
 """
 
 from __future__ import annotations
@@ -25,3 +27,4 @@ class StreamCheckpoint:
     tracks: dict[str, Any]  # StreamTracks.state_dict()
     last_boxes: dict[int, tuple[str, tuple[float, float, float, float]]]  # durable id -> (concept, box)
     counters: dict[str, int] = field(default_factory=dict)  # the stream's totals at the checkpoint
+    sink_sequence: dict[str, int] = field(default_factory=dict)  # Parquet rollback point (StreamOutputs.sequence)

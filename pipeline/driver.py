@@ -72,10 +72,11 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = job.model.device != "cpu" and gpus >= 1
         _check_resources(job, job_path, use_gpu)
-        engines = {}
+        engines, engine_names = {}, {}
         for i in range(job.engine.replicas):
             name = f"engine-{i}"
-            options = dict(name=f"{job.name}-{run_id}-{name}", num_gpus=1 if use_gpu else 0, num_cpus=job.engine.num_cpus)
+            engine_names[name] = f"{job.name}-{run_id}-{name}"
+            options = dict(name=engine_names[name], num_gpus=1 if use_gpu else 0, num_cpus=job.engine.num_cpus)
             engines[name] = EngineActor.options(**options).remote(
                 str(job.model.checkpoint), device=job.model.device, dtype=job.model.dtype,
                 max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
@@ -95,7 +96,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             name = min(load, key=load.get)  # least-loaded engine
             load[name] += 1
             actor = StreamActor.options(name=f"{job.name}-{run_id}-stream-{spec.id}", max_restarts=STREAM_RESTARTS,
-                                        max_task_retries=0).remote(job, spec, engines[name], kafka_servers)
+                                        max_task_retries=0).remote(job, spec, engine_names[name], kafka_servers, run_id)
             streams[spec.id] = actor
             cleanup.callback(ray.kill, actor)
             runs[spec.id] = actor.run.remote()

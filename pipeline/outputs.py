@@ -14,7 +14,7 @@ class StreamOutputs:
     job runs); Kafka delivery failures surface on ``flush``/``close`` as ``SinkError``.
     """
 
-    def __init__(self, job, stream_id: str, kafka_servers: str | None):
+    def __init__(self, job, stream_id: str, kafka_servers: str | None, run: str | None = None):
         from operators.sinks.kafka_sink import KafkaSink
         from operators.sinks.parquet_sink import ParquetSink
 
@@ -24,7 +24,7 @@ class StreamOutputs:
         pq_spec, kafka_spec = job.sinks.parquet, job.sinks.kafka
         if pq_spec is not None:
             self._parquet = ParquetSink(pq_spec.path, job.name, flush_rows=pq_spec.flush_rows,
-                                        flush_seconds=pq_spec.flush_seconds)
+                                        flush_seconds=pq_spec.flush_seconds, run=run)
             self.locations["parquet"] = str(pq_spec.path)
         if kafka_spec is not None and kafka_servers:
             self._kafka = KafkaSink(kafka_servers, kafka_spec.topic, kafka_spec.events_topic, client=dict(kafka_spec.client))
@@ -40,6 +40,15 @@ class StreamOutputs:
                 sink.write_events(events)
         if self._parquet is not None:
             self._parquet.maybe_flush()
+
+    def sequence(self) -> dict[str, int]:
+        """The Parquet rollback point of this stream (empty without a Parquet sink)."""
+        return self._parquet.sequence(self.stream_id) if self._parquet is not None else {}
+
+    def rollback(self, sequence: dict[str, int]) -> None:
+        """Take back the Parquet files written after ``sequence``; Kafka records cannot be taken back."""
+        if self._parquet is not None:
+            self._parquet.rollback(self.stream_id, sequence)
 
     def flush(self) -> None:
         """Make everything written so far durable (Parquet files on disk, Kafka records acknowledged)."""

@@ -52,13 +52,16 @@ class StreamStats:
 
 @ray.remote(max_concurrency=4)
 class StreamActor:
-    def __init__(self, job, stream, engine, kafka_servers: str | None):
+    def __init__(self, job, stream, engine_name: str, kafka_servers: str | None, run_id: str | None = None):
+        # the engine comes by name: an actor handle argument would live in the object store, where
+        # Ray cannot promise it survives until this actor's restart
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines are per connection
         self.job = job
         self.stream = stream
-        self.engine = engine
+        self.engine = ray.get_actor(engine_name)
         self.kafka_servers = kafka_servers
+        self.run_id = run_id  # names this job run's Parquet files, so a restored stream can take back its own
         self.stats = StreamStats(stream.id)
         self._stop = threading.Event()
         self._checkpoint = None  # the latest StreamCheckpoint
@@ -92,11 +95,12 @@ class StreamActor:
         tracks = StreamTracks(job.name, stream.id, stream.source, model_id, rules)
         self._last_boxes: dict[int, tuple[str, tuple]] = {}  # durable id -> (concept, last box)
         self._relink_pending = False
-        outputs = StreamOutputs(job, stream.id, self.kafka_servers)
+        outputs = StreamOutputs(job, stream.id, self.kafka_servers, run=self.run_id)
         self.stats.outputs = outputs.locations
         window = max(1, stream.max_in_flight)
         position = [0, 0.0]  # index and pts of the last frame handled
         if resume is not None:
+            outputs.rollback(resume.sink_sequence)  # what was written after the checkpoint is written again
             tracks.load_state_dict(resume.tracks)
             self._last_boxes = dict(resume.last_boxes)
             self._relink_pending = True  # the fresh session's first frame re-links the live tracks
@@ -193,7 +197,7 @@ class StreamActor:
         self._checkpoint = StreamCheckpoint(
             stream_id=self.stream.id, frame_index=int(position[0]), pts_s=float(position[1]),
             tracks=tracks.state_dict(), last_boxes=dict(self._last_boxes),
-            counters={name: getattr(self.stats, name) for name in COUNTERS},
+            counters={name: getattr(self.stats, name) for name in COUNTERS}, sink_sequence=outputs.sequence(),
         )
 
     def _collect(self, in_flight: deque, tracks, publish) -> list:

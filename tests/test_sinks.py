@@ -240,6 +240,30 @@ def test_parquet_flush_by_count_and_read_back(tmp_path):
     assert open_dataset(tmp_path).schema.field("stream_id").type == "string"
 
 
+def test_parquet_rollback_takes_back_only_this_runs_files_after_the_point(tmp_path):
+    with ParquetSink(tmp_path, job="job", flush_rows=2, run="old") as other_run:
+        other_run.write_tracks([track("cam1", f) for f in range(4)])  # an earlier run into the same dataset
+    sink = ParquetSink(tmp_path, job="job", flush_rows=2, run="r1")
+    sink.write_tracks([track("cam1", f) for f in range(4)] + [track("cam/2", f) for f in range(2)])
+    point = sink.sequence("cam1")
+    assert point == {"tracks": 2, "events": 0}
+    sink.write_tracks([track("cam1", f) for f in range(4, 9)])  # two files after the point, one row buffered
+    sink.write_events([event("cam1", 5)])
+    sink.flush()
+
+    restarted = ParquetSink(tmp_path, job="job", flush_rows=2, run="r1")  # the stream's next process
+    assert restarted.rollback("cam1", point) == 4  # 3 track files (last one by flush) + 1 events file
+    restarted.write_tracks([track("cam1", f) for f in range(4, 6)])
+    restarted.close()
+    frames = sorted(r["frame_index"] for r in rows_of(ds.dataset(tmp_path / "tracks", partitioning="hive"))
+                    if r["stream_id"] == "cam1")
+    assert frames == sorted([*range(4), *range(6)])  # the other run's 4 rows, this run's 0-3 then 4-5 once
+    assert len(parquet_files(tmp_path / "tracks" / "stream_id=cam%2F2")) == 1  # other streams untouched
+    assert not (tmp_path / "events").exists() or not parquet_files(tmp_path / "events")
+    with pytest.raises(ValueError, match="run="):
+        ParquetSink(tmp_path, job="job").rollback("cam1", point)
+
+
 def test_parquet_flush_by_time(tmp_path):
     sink = ParquetSink(tmp_path, job="job", flush_rows=1000, flush_seconds=0.3)
     sink.write_tracks([track("cam1", f) for f in range(3)])

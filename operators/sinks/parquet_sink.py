@@ -27,6 +27,7 @@ buffered, so a later flush retries them.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -77,10 +78,13 @@ class ParquetSink(ClosingSink):
     """Buffered, atomic Parquet writer for one job's track observations and events.
 
     Counters (plain attributes, cumulative): ``rows_written``, ``files_written``.
+
+    ``run`` names this writer's files apart from other runs' (``part-<stream>-<run>-<seq>-…``), so
+    that ``rollback`` can take back exactly the files this run wrote after a checkpoint.
     """
 
     def __init__(self, path: str | os.PathLike, job: str, flush_rows: int = 10_000, flush_seconds: float = 5.0,
-                 *, compression: str = "zstd", durable: bool = True) -> None:
+                 *, compression: str = "zstd", durable: bool = True, run: str | None = None) -> None:
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
         if flush_seconds <= 0:
@@ -91,6 +95,9 @@ class ParquetSink(ClosingSink):
         self.flush_seconds = flush_seconds
         self.compression = compression
         self.durable = durable  # fsync each file and its directory before counting it written
+        if run is not None and not re.fullmatch(r"[A-Za-z0-9_]+", run):
+            raise ValueError(f"run must be letters, digits and '_', got {run!r}")
+        self.run = run
         self.rows_written = 0
         self.files_written = 0
         self._buffers: dict[tuple[str, str], _Buffer] = {}
@@ -170,7 +177,7 @@ class ParquetSink(ClosingSink):
         rows = buffer.rows if limit is None else buffer.rows[:limit]
         kind, stream_id = key
         seq = self._seq.get(key, 0)
-        name = f"part-{_UNSAFE_NAME_CHARS.sub('_', stream_id)[:64]}-{seq:06d}-{uuid.uuid4().hex}.parquet"
+        name = f"{self._file_prefix(stream_id)}{seq:06d}-{uuid.uuid4().hex}.parquet"
         directory = self.path / kind / partition_dir(stream_id)
         try:
             table = pa.Table.from_pylist(rows, schema=_BODY_SCHEMAS[kind])
@@ -190,6 +197,39 @@ class ParquetSink(ClosingSink):
         self.rows_written += table.num_rows
         self.files_written += 1
         logger.debug("Parquet sink wrote %d %s rows to %s/%s", table.num_rows, kind, directory, name)
+
+    def _file_prefix(self, stream_id: str) -> str:
+        run = f"{self.run}-" if self.run else ""
+        return f"part-{_UNSAFE_NAME_CHARS.sub('_', stream_id)[:64]}-{run}"
+
+    def sequence(self, stream_id: str) -> dict[str, int]:
+        """How many files of each kind this sink has written for the stream (a rollback point)."""
+        with self._lock:
+            return {kind: self._seq.get((kind, stream_id), 0) for kind in _BODY_SCHEMAS}
+
+    def rollback(self, stream_id: str, sequence: dict[str, int]) -> int:
+        """Delete the stream's files this run wrote after ``sequence`` (from :meth:`sequence`), drop
+        its buffered rows, and number on from there; returns the number of files deleted."""
+        if self.run is None:
+            raise ValueError("rollback needs a ParquetSink created with run=...: without it, files of other runs "
+                             "cannot be told apart")
+        deleted = 0
+        with self._lock:
+            prefix = self._file_prefix(stream_id)
+            for kind in _BODY_SCHEMAS:
+                keep = int(sequence.get(kind, 0))
+                self._buffers.pop((kind, stream_id), None)
+                self._seq[(kind, stream_id)] = keep
+                directory = self.path / kind / partition_dir(stream_id)
+                for file in directory.glob(f"{glob.escape(prefix)}*.parquet"):
+                    seq = file.name[len(prefix):].split("-", 1)[0]
+                    if seq.isdigit() and int(seq) >= keep:
+                        file.unlink(missing_ok=True)
+                        deleted += 1
+        if deleted:
+            logger.info("Parquet sink: took back %d files of stream %s written after its checkpoint", deleted,
+                        stream_id)
+        return deleted
 
     def _write_atomically(self, table: pa.Table, directory: Path, name: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
