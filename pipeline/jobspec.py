@@ -147,6 +147,11 @@ class EngineSpec(_Spec):
     evict_after_frames: int | None = Field(300, ge=1)  # drop objects absent this long; null: keep every object
     max_in_flight: int = Field(4, ge=1)  # frames per stream sent to the engine and not yet back
 
+    @field_validator("hotstart", mode="before")
+    @classmethod
+    def _bare_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads an unquoted `off` as false
+
 
 class ConceptRule(_Spec):
     concept: str

@@ -162,6 +162,8 @@ def test_defaults_and_derived_values(tmp_path):
     assert (job.engine.hotstart, job.sinks.parquet, job.sinks.kafka, job.metrics.port) == ("tentative", None, None, 9464)
     assert job.name == "t"
     assert parse_job(BASE.replace("name: t\n", ""), filename="my job.yaml", env={}).name == "my-job"
+    # an unquoted `off` is YAML's false; it still means hot-start off
+    assert parse_job(BASE + "engine: {hotstart: off, evict_after_frames: null}\n", env={}).engine.hotstart == "off"
 
 
 def test_paths_resolve_against_the_job_file(tmp_path, monkeypatch):
