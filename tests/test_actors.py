@@ -1,4 +1,4 @@
-"""EngineActor on real Ray: frames of a session are stepped in sequence whatever order they arrive in."""
+"""The pipeline actors on real Ray: engine sequencing, and how a restored stream picks up its source."""
 
 from __future__ import annotations
 
@@ -52,3 +52,18 @@ def test_frames_are_stepped_in_sequence_order(ray_session, engine_inputs):
             ray.get(engine.process.remote("never-opened", 0, frames[0]))
     finally:
         ray.kill(engine)
+
+
+def test_a_restored_stream_skips_handled_file_frames_and_numbers_live_frames_on():
+    from operators.stream_checkpoint import StreamCheckpoint
+    from operators.video_source import Frame
+    from pipeline.stream_actor import _after
+
+    image = np.zeros((2, 2, 3), np.uint8)
+    frames = [Frame(index=i, source_index=i, pts_s=i / 10, image=image) for i in range(6)]
+    checkpoint = StreamCheckpoint("cam", frame_index=3, pts_s=0.3, tracks={}, last_boxes={})
+    assert [f.index for f in _after(iter(frames), checkpoint, live=False)] == [4, 5]
+    # a live source restarts its numbering when it reconnects; the stream's numbering goes on
+    live = list(_after(iter(frames[:2]), checkpoint, live=True))
+    assert [f.index for f in live] == [4, 5]
+    assert [f.pts_s for f in live] == pytest.approx([0.3, 0.4])
