@@ -67,6 +67,14 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                 cleanup.callback(broker.close)
                 logger.info("embedded Kafka-compatible broker on %s", kafka_servers)
         _install_signal_handlers(stop, cleanup)
+        metrics = JobMetrics(job.name)
+        if job.metrics.port:
+            try:
+                metrics.serve(job.metrics.port, job.metrics.host)
+            except OSError as e:
+                raise ValueError(f"{job_path}: metrics.port: cannot serve on {job.metrics.host}:{job.metrics.port} "
+                                 f"({e}); choose a free port, or metrics.port: null to turn metrics off") from e
+            cleanup.callback(metrics.close)
 
         run_id = uuid.uuid4().hex[:6]  # actor names stay unique when a job runs again in the same cluster
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -103,9 +111,6 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
 
         if on_started is not None:
             on_started(JobActors(engines, streams))
-        metrics = JobMetrics(job.name)
-        if job.metrics.port:
-            metrics.serve(job.metrics.port)
         progress = JobProgress(job.name, enabled=show_progress)
         finals: dict[str, dict] = {}
         checkpoints: dict = {}  # stream id -> its latest StreamCheckpoint

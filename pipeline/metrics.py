@@ -2,7 +2,8 @@
 
 Actors keep plain counters (``StreamStats``, ``EngineStats``); the driver polls them and this
 collector turns the latest snapshot into metric families at scrape time, so nothing in the
-actors depends on Prometheus and a restarted actor simply reports from zero again.
+actors depends on Prometheus. A restored stream reports its counters from its checkpoint on (a
+counter that goes back is a reset to Prometheus).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from pipeline.engine_actor import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
@@ -28,16 +29,26 @@ class JobMetrics:
         self._lock = threading.Lock()
         self._streams: dict[str, dict] = {}
         self._engines: dict[str, object] = {}
+        self._server = None
 
     def update(self, streams: dict[str, dict], engines: dict[str, object]) -> None:
         with self._lock:
             self._streams.update(streams)
             self._engines.update(engines)
 
-    def serve(self, port: int) -> None:
-        REGISTRY.register(self)
-        start_http_server(port, addr="0.0.0.0")
-        logger.info("metrics on http://0.0.0.0:%d/metrics", port)
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``host:port`` from a registry of this job's own."""
+        registry = CollectorRegistry()
+        registry.register(self)
+        self._server, _ = start_http_server(port, addr=host, registry=registry)
+        logger.info("metrics on http://%s:%d/metrics", host, port)
+
+    def close(self) -> None:
+        """Stop serving (the port is free again)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
     def describe(self):
         return []
@@ -54,6 +65,7 @@ class JobMetrics:
             "sink_errors": "Sink write failures",
             "engine_restarts": "Engine failures the stream recovered from",
             "reconnects": "Source reconnects",
+            "restarts": "Times the stream's actor died and was restored from its checkpoint",
         }
         for key, doc in counters.items():
             fam = CounterMetricFamily(f"sam3_stream_{key}", doc, labels=["job", "stream"])

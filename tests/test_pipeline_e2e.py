@@ -238,3 +238,18 @@ def test_engines_wanting_more_cpus_than_the_cluster_has_exit_2(ray_session, medi
     assert main(["run", str(job)]) == 2  # refused at once instead of waiting forever for 128 CPUs
     err = capsys.readouterr().err
     assert "greedy.yaml: engine: 2 replica(s) x num_cpus 64 need 128 CPUs" in err and "lower engine.num_cpus" in err
+
+
+def test_metrics_port_in_use_exits_2_before_anything_starts(ray_session, media, broker, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        job = _job(tmp_path, media, broker, "busy", {"cam": media["a"]})
+        job.write_text(job.read_text().replace("metrics: {port: null}", f"metrics: {{port: {port}, host: 127.0.0.1}}"))
+        assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert f"busy.yaml: metrics.port: cannot serve on 127.0.0.1:{port}" in err and "choose a free port" in err
+    assert not (tmp_path / "out").exists()  # refused before any stream ran
