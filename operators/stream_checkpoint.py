@@ -12,7 +12,8 @@ once; consumers de-duplicate on ``event_id`` and on (stream, frame, track) keys)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 COUNTERS = ("frames_decoded", "frames_processed", "frames_dropped", "tracks", "records", "events", "reconnects",
@@ -22,9 +23,22 @@ COUNTERS = ("frames_decoded", "frames_processed", "frames_dropped", "tracks", "r
 @dataclass(frozen=True)
 class StreamCheckpoint:
     stream_id: str
-    frame_index: int  # the last frame handled; its outputs and all before them were flushed
+    frame_index: int  # the last frame handled (-1: none); its outputs and all before them were flushed
     pts_s: float
     tracks: dict[str, Any]  # StreamTracks.state_dict()
     last_boxes: dict[int, tuple[str, tuple[float, float, float, float]]]  # durable id -> (concept, box)
     counters: dict[str, int] = field(default_factory=dict)  # the stream's totals at the checkpoint
     sink_sequence: dict[str, int] = field(default_factory=dict)  # Parquet rollback point (StreamOutputs.sequence)
+    run_id: str | None = None  # the job run whose Parquet files sink_sequence counts
+    state: str = "running"  # "running" while the stream goes on; its final state once it ended
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["last_boxes"] = {str(k): [concept, list(box)] for k, (concept, box) in self.last_boxes.items()}
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> StreamCheckpoint:
+        data = json.loads(text)
+        data["last_boxes"] = {int(k): (concept, tuple(box)) for k, (concept, box) in data["last_boxes"].items()}
+        return cls(**data)

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", metavar="JOB.yaml")
     run.add_argument("--max-seconds", type=float, default=None, metavar="N", help="stop gracefully after N seconds")
     run.add_argument("--no-progress", action="store_true", help="no live progress table")
+    run.add_argument("--resume", action="store_true",
+                     help="carry each stream on from the checkpoint a previous run left beside its Parquet output")
 
     seg = sub.add_parser("segment", help="segment every instance of a concept in images")
     seg.add_argument("images", nargs="+", metavar="IMAGE")
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from pipeline.driver import run_job
 
-            return run_job(args.job, max_seconds=args.max_seconds, show_progress=not args.no_progress).exit_code
+            return run_job(args.job, max_seconds=args.max_seconds, show_progress=not args.no_progress,
+                           resume=args.resume).exit_code
         if args.command == "segment":
             return _segment(args)
         if args.command == "samples":

@@ -46,14 +46,24 @@ class JobActors:
 
 
 def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool = True,
-            on_started: Callable[[JobActors], None] | None = None) -> JobResult:
-    """Run a job file to its end. ``on_started`` gets the actors once streams run (tests, tools)."""
+            on_started: Callable[[JobActors], None] | None = None, resume: bool = False) -> JobResult:
+    """Run a job file to its end. ``on_started`` gets the actors once streams run (tests, tools).
+
+    ``resume`` carries each stream on from the checkpoint a previous run of the job left beside
+    its Parquet dataset; streams that had finished are not run again.
+    """
     from operators.broker import resolve_bootstrap
+    from pipeline.checkpoints import CheckpointStore, checkpoint_dir
     from pipeline.engine_actor import EngineActor
     from pipeline.jobspec import load_job
     from pipeline.stream_actor import StreamActor
 
     job = load_job(job_path)  # JobSpecError (exit 2) before anything starts
+    if resume and job.sinks.parquet is None:
+        raise ValueError(f"{job_path}: --resume needs sinks.parquet: the stream checkpoints are kept beside the "
+                         "Parquet dataset they count")
+    store = CheckpointStore(checkpoint_dir(job))
+    saved = {spec.id: store.load(spec.id) for spec in job.streams} if resume else {}
     stop = threading.Event()
     with ExitStack() as cleanup:
         if not ray.is_initialized():
@@ -99,21 +109,23 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                            job.model.checkpoint, REAL_CHECKPOINT_HINT, job_path)
 
         load = dict.fromkeys(engines, 0)
-        streams, runs = {}, {}
+        streams, runs, finals = {}, {}, {}
         for spec in job.streams:
+            if saved.get(spec.id) is not None and saved[spec.id].state == "finished":
+                logger.info("stream %s finished in an earlier run; not run again", spec.id)
+                finals[spec.id] = {"stream_id": spec.id, **saved[spec.id].counters, "state": "finished"}
+                continue
             name = min(load, key=load.get)  # least-loaded engine
             load[name] += 1
             actor = StreamActor.options(name=f"{job.name}-{run_id}-stream-{spec.id}", max_restarts=STREAM_RESTARTS,
                                         max_task_retries=0).remote(job, spec, engine_names[name], kafka_servers, run_id)
             streams[spec.id] = actor
             cleanup.callback(ray.kill, actor)
-            runs[spec.id] = actor.run.remote()
+            runs[spec.id] = actor.run.remote(resume=saved.get(spec.id))
 
         if on_started is not None:
             on_started(JobActors(engines, streams))
         progress = JobProgress(job.name, enabled=show_progress)
-        finals: dict[str, dict] = {}
-        checkpoints: dict = {}  # stream id -> its latest StreamCheckpoint
         restarts = dict.fromkeys(streams, 0)
         started = time.time()
         with progress:
@@ -127,12 +139,13 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                     if outcome.get("actor_died") and restarts[sid] < STREAM_RESTARTS and not stopping:
                         restarts[sid] += 1
                         logger.warning("stream %s: its actor died (%s); restoring it from %s (restart %d of %d)", sid,
-                                       outcome["error"], _describe(checkpoints.get(sid)), restarts[sid], STREAM_RESTARTS)
-                        pending[sid] = streams[sid].run.remote(resume=checkpoints.get(sid), restart=restarts[sid])
+                                       outcome["error"], _describe(store.get(sid)), restarts[sid], STREAM_RESTARTS)
+                        pending[sid] = streams[sid].run.remote(resume=store.get(sid), restart=restarts[sid])
                         continue
                     finals[sid] = outcome
                     del pending[sid]
-                _poll_checkpoints(streams, pending, checkpoints)
+                    _poll_checkpoints(streams, [sid], store)  # its final one: where a --resume would go on
+                _poll_checkpoints(streams, pending, store)
                 snapshot = _poll(streams, finals)
                 engine_stats = _poll_engines(engines)
                 metrics.update(snapshot, engine_stats)
@@ -177,16 +190,16 @@ def _describe(checkpoint) -> str:
     return "the stream's start" if checkpoint is None else f"its checkpoint at frame {checkpoint.frame_index}"
 
 
-def _poll_checkpoints(streams: dict, pending: dict, checkpoints: dict) -> None:
-    """Keep each running stream's latest checkpoint here, where it outlives the stream's actor."""
-    refs = {sid: streams[sid].checkpoint.remote() for sid in pending}
-    for sid, ref in refs.items():
+def _poll_checkpoints(streams: dict, stream_ids, store) -> None:
+    """Keep the streams' latest checkpoints in the driver, where they outlive the stream actors."""
+    refs = {sid: streams[sid].checkpoint.remote() for sid in stream_ids}
+    for ref in refs.values():
         try:
             checkpoint = ray.get(ref, timeout=POLL_S)
         except Exception:
             continue
         if checkpoint is not None:
-            checkpoints[sid] = checkpoint
+            store.put(checkpoint)
 
 
 def _poll(streams: dict, finals: dict[str, dict]) -> dict[str, dict]:

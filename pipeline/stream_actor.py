@@ -95,6 +95,8 @@ class StreamActor:
         tracks = StreamTracks(job.name, stream.id, stream.source, model_id, rules)
         self._last_boxes: dict[int, tuple[str, tuple]] = {}  # durable id -> (concept, last box)
         self._relink_pending = False
+        if resume is not None and resume.run_id:
+            self.run_id = resume.run_id  # go on numbering (and taking back) that run's Parquet files
         outputs = StreamOutputs(job, stream.id, self.kafka_servers, run=self.run_id)
         self.stats.outputs = outputs.locations
         window = max(1, stream.max_in_flight)
@@ -175,6 +177,7 @@ class StreamActor:
                 self.stats.state = "stopped" if self._stop.is_set() else "finished"
             try:
                 outputs.close()
+                self._take_checkpoint(tracks, outputs, position, state=self.stats.state)
             except Exception as e:
                 self.stats.sink_errors += 1
                 self.stats.state, self.stats.error = "failed", f"sink: {e}"
@@ -183,8 +186,6 @@ class StreamActor:
         return self.get_stats()
 
     def _maybe_checkpoint(self, tracks, outputs, position) -> None:
-        from operators.stream_checkpoint import COUNTERS, StreamCheckpoint
-
         if time.monotonic() < self._checkpoint_due:
             return
         self._checkpoint_due = time.monotonic() + self._checkpoint_every
@@ -194,10 +195,17 @@ class StreamActor:
             self.stats.sink_errors += 1
             logger.error("stream %s: sink flush failed, checkpoint skipped: %s", self.stream.id, e)
             return
+        self._take_checkpoint(tracks, outputs, position)
+
+    def _take_checkpoint(self, tracks, outputs, position, state: str = "running") -> None:
+        from operators.stream_checkpoint import COUNTERS, StreamCheckpoint
+
+        handled = int(position[0]) if self.stats.frames_processed else -1  # -1: not even frame 0 yet
         self._checkpoint = StreamCheckpoint(
-            stream_id=self.stream.id, frame_index=int(position[0]), pts_s=float(position[1]),
+            stream_id=self.stream.id, frame_index=handled, pts_s=float(position[1]),
             tracks=tracks.state_dict(), last_boxes=dict(self._last_boxes),
             counters={name: getattr(self.stats, name) for name in COUNTERS}, sink_sequence=outputs.sequence(),
+            run_id=self.run_id, state=state,
         )
 
     def _collect(self, in_flight: deque, tracks, publish) -> list:

@@ -253,3 +253,38 @@ def test_metrics_port_in_use_exits_2_before_anything_starts(ray_session, media, 
     err = capsys.readouterr().err
     assert f"busy.yaml: metrics.port: cannot serve on 127.0.0.1:{port}" in err and "choose a free port" in err
     assert not (tmp_path / "out").exists()  # refused before any stream ran
+
+
+def test_a_stopped_job_resumes_where_it_stopped_and_skips_finished_streams(ray_session, media, broker, tmp_path):
+    job = _job(tmp_path, media, broker, "archive", {"long": media["long"], "short": media["a"]})
+    first = run_job(str(job), max_seconds=1.5, show_progress=False)
+    stopped = first.streams["long"]
+    assert first.exit_code == 0 and stopped["state"] == "stopped" and stopped["frames_processed"] < 60, stopped
+    saved = json.loads((tmp_path / "out" / "_checkpoints" / "archive" / "long.json").read_text())
+    assert saved["state"] == "stopped" and saved["frame_index"] == stopped["frames_processed"] - 1
+
+    second = run_job(str(job), show_progress=False, resume=True)
+    assert second.exit_code == 0
+    assert second.streams["long"]["state"] == "finished"
+    assert second.streams["long"]["frames_processed"] == 60  # the first run's frames, then the rest once
+    events = ds.dataset(tmp_path / "out" / "events", partitioning="hive").to_table().to_pylist()
+    mine = [e for e in events if str(e["stream_id"]) == "long"]
+    assert [e["frame_index"] for e in mine if e["type"] == "stream_resume"] == [saved["frame_index"]]
+    tracks = [r for r in ds.dataset(tmp_path / "out" / "tracks", partitioning="hive").to_table().to_pylist()
+              if str(r["stream_id"]) == "long"]
+    keys = [(r["frame_index"], r["track_id"]) for r in tracks]
+    assert len(keys) == len(set(keys)) and max(r["frame_index"] for r in tracks) >= 50
+    starts = [e["track_id"] for e in mine if e["type"] == "track_start"]
+    assert len(starts) == len(set(starts))  # the resumed run never reissues an id of the first run
+
+    files = sorted(p.name for p in (tmp_path / "out").rglob("*.parquet"))
+    third = run_job(str(job), show_progress=False, resume=True)  # everything finished: nothing runs again
+    assert third.exit_code == 0 and {s["state"] for s in third.streams.values()} == {"finished"}
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.parquet")) == files
+
+
+def test_resume_without_a_parquet_sink_exits_2(media, broker, tmp_path, capsys):
+    job = _job(tmp_path, media, broker, "nopq", {"cam": media["a"]})
+    job.write_text("\n".join(line for line in job.read_text().splitlines() if "parquet:" not in line))
+    assert main(["run", str(job), "--resume"]) == 2
+    assert "--resume needs sinks.parquet" in capsys.readouterr().err
