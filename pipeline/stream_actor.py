@@ -101,8 +101,10 @@ class StreamActor:
         self.stats.outputs = outputs.locations
         window = max(1, stream.max_in_flight)
         position = [0, 0.0]  # index and pts of the last frame handled
+        if resume is not None or restart:
+            # what was written after the checkpoint (or, without one, in this run) is written again
+            outputs.rollback(resume.sink_sequence if resume is not None else {})
         if resume is not None:
-            outputs.rollback(resume.sink_sequence)  # what was written after the checkpoint is written again
             tracks.load_state_dict(resume.tracks)
             self._last_boxes = dict(resume.last_boxes)
             self._relink_pending = True  # the fresh session's first frame re-links the live tracks
