@@ -87,6 +87,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             cleanup.callback(metrics.close)
 
         run_id = uuid.uuid4().hex[:6]  # actor names stay unique when a job runs again in the same cluster
+        # enable_task_events=False below: per-frame calls would otherwise pile up task records in Ray's GCS
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = job.model.device != "cpu" and gpus >= 1
         _check_resources(job, job_path, use_gpu)
@@ -94,7 +95,8 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         for i in range(job.engine.replicas):
             name = f"engine-{i}"
             engine_names[name] = f"{job.name}-{run_id}-{name}"
-            options = dict(name=engine_names[name], num_gpus=1 if use_gpu else 0, num_cpus=job.engine.num_cpus)
+            options = dict(name=engine_names[name], num_gpus=1 if use_gpu else 0, num_cpus=job.engine.num_cpus,
+                           enable_task_events=False)
             engines[name] = EngineActor.options(**options).remote(
                 str(job.model.checkpoint), device=job.model.device, dtype=job.model.dtype,
                 max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
@@ -118,7 +120,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             name = min(load, key=load.get)  # least-loaded engine
             load[name] += 1
             actor = StreamActor.options(name=f"{job.name}-{run_id}-stream-{spec.id}", max_restarts=STREAM_RESTARTS,
-                                        max_task_retries=0).remote(job, spec, engine_names[name], kafka_servers, run_id)
+                                        max_task_retries=0, enable_task_events=False).remote(job, spec, engine_names[name], kafka_servers, run_id)
             streams[spec.id] = actor
             cleanup.callback(ray.kill, actor)
             runs[spec.id] = actor.run.remote(resume=saved.get(spec.id))
