@@ -39,9 +39,12 @@ minutes; the verdict line also gives the fitted growth per frame. Exit status: 0
 Workload. At the default detection threshold 0.3 each stream's session holds two objects,
 steadily, and the sinks carry each stream's events and only a few track records. At 0.1
 (``--threshold 0.1``) the random model starts about seven new objects per stream per frame
-that the tracker sees as empty; the engine evicts them only after ``evict_after_frames`` (300)
-frames, so its memory and step time grow for the first 300 frames of every stream and then
-level off near two thousand objects per stream, far slower per frame.
+that the tracker sees as empty; the engine evicts them after ``--evict-after-frames`` (300 by
+default, as in a job file), so its memory and step time grow for the first 300 frames of every
+stream and then level off near two thousand objects per stream, far slower per frame. With
+``--threshold 0.1 --hotstart off --evict-after-frames 10`` the sessions level off at about
+seventy objects per stream and track records flow to both sinks: the soak that exercises
+eviction and the sinks.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ MB = 1024 * 1024
 JOB = """\
 name: bench-soak
 model: {{checkpoint: '{checkpoint}', device: cpu}}
-engine: {{replicas: 1, max_batch: {streams}, max_wait_ms: 10, hotstart: "{hotstart}"}}
+engine: {{replicas: 1, max_batch: {streams}, max_wait_ms: 10, hotstart: "{hotstart}", evict_after_frames: {evict}}}
 watchlists:
   shapes:
 {rules}
@@ -98,14 +101,16 @@ class Sample:
     objects: int | None = None
 
 
-def write_job(root: Path, streams: int, video_frames: int, threshold: float, hotstart: str, kafka: bool) -> Path:
+def write_job(root: Path, streams: int, video_frames: int, threshold: float, hotstart: str, kafka: bool,
+              evict_after_frames: int) -> Path:
     video = write_synthetic_video(root / "loop.mp4", frames=video_frames, size=SIZE, fps=FPS)
     checkpoint = write_random_checkpoint(root / "tiny")
     rules = "\n".join(f"    - {{concept: {c}, threshold: {threshold}}}" for c in CONCEPTS)
     lines = "\n".join(f"  - {{id: cam{k}, source: '{video}', watchlist: shapes, loop: true}}" for k in range(streams))
     sink = "  kafka: {bootstrap_servers: embedded, topic: soak.tracks, events_topic: soak.events}\n" if kafka else ""
     path = root / "soak.yaml"
-    path.write_text(JOB.format(checkpoint=checkpoint, streams=streams, hotstart=hotstart, rules=rules,
+    path.write_text(JOB.format(checkpoint=checkpoint, streams=streams, hotstart=hotstart, evict=evict_after_frames,
+                               rules=rules,
                                stream_lines=lines, out=root / "out", kafka=sink))
     return path
 
@@ -309,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="Kafka sink on the embedded broker (besides Parquet)")
     p.add_argument("--threshold", type=float, default=0.3, help="detection threshold (see 'Workload' above)")
     p.add_argument("--hotstart", choices=["tentative", "off"], default="tentative")
+    p.add_argument("--evict-after-frames", type=int, default=300,
+                   help="the engine drops objects absent this many frames (see 'Workload' above)")
     p.add_argument("--max-growth-mb", type=float, default=20.0, help="verdict limit for the pipeline processes")
     p.add_argument("--csv", type=Path, help="where the samples go (default: a new file in the temp directory)")
     p.add_argument("--actor-logs", action="store_true", help="show the actors' log lines")
@@ -323,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     csv_path = args.csv or Path(tempfile.gettempdir()) / f"bench_soak_{stamp}.csv"
     duration_s = args.minutes * 60.0
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
-        job = write_job(Path(tmp), args.streams, args.video_frames, args.threshold, args.hotstart, args.kafka)
+        job = write_job(Path(tmp), args.streams, args.video_frames, args.threshold, args.hotstart, args.kafka,
+                        args.evict_after_frames)
         ray.init(num_cpus=max(os.cpu_count() or 1, args.streams + 2), include_dashboard=False,
                  logging_level=logging.WARNING, log_to_driver=args.actor_logs)
         sampler = Sampler(args.sample_seconds, duration_s, csv_path)
@@ -334,9 +342,10 @@ def main(argv: list[str] | None = None) -> None:
             ray.shutdown()
     states = {sid: s.get("state") for sid, s in result.streams.items()}
     logger.info("job exit code %d, streams %s; samples in %s", result.exit_code, states, csv_path)
-    logger.info("%d streams looping a %d-frame video, threshold %g, hotstart %s, sinks parquet%s; %.1f min, "
-                "warm-up %.1f min, a sample every %g s", args.streams, args.video_frames, args.threshold, args.hotstart,
-                "+kafka (embedded)" if args.kafka else "", args.minutes, args.warmup_minutes, args.sample_seconds)
+    logger.info("%d streams looping a %d-frame video, threshold %g, hotstart %s, evict after %d frames, sinks "
+                "parquet%s; %.1f min, warm-up %.1f min, a sample every %g s", args.streams, args.video_frames,
+                args.threshold, args.hotstart, args.evict_after_frames, "+kafka (embedded)" if args.kafka else "",
+                args.minutes, args.warmup_minutes, args.sample_seconds)
     print(f"samples: {csv_path}")
     flat = summarize(sampler.samples, args.warmup_minutes * 60.0, args.max_growth_mb, args.streams)
     raise SystemExit(0 if flat else 1)
