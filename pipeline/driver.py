@@ -119,8 +119,9 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                 continue
             name = min(load, key=load.get)  # least-loaded engine
             load[name] += 1
-            actor = StreamActor.options(name=f"{job.name}-{run_id}-stream-{spec.id}", max_restarts=STREAM_RESTARTS,
-                                        max_task_retries=0, enable_task_events=False).remote(job, spec, engine_names[name], kafka_servers, run_id)
+            options = dict(name=f"{job.name}-{run_id}-stream-{spec.id}", max_restarts=STREAM_RESTARTS,
+                           max_task_retries=0, enable_task_events=False)
+            actor = StreamActor.options(**options).remote(job, spec, engine_names[name], kafka_servers, run_id)
             streams[spec.id] = actor
             cleanup.callback(ray.kill, actor)
             runs[spec.id] = actor.run.remote(resume=saved.get(spec.id))
