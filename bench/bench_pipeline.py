@@ -145,12 +145,6 @@ def write_job(path: Path, videos: list[Path], checkpoint: Path, out: Path, *, ho
     return path
 
 
-def _torch_threads(_actor) -> int:
-    import torch as actor_torch
-
-    return actor_torch.get_num_threads()
-
-
 # -- bare engine loop ----------------------------------------------------------------------------
 
 def warm_up(engine: StreamingEngine, videos: list[Path], rounds: int, threshold: float) -> None:
@@ -231,7 +225,7 @@ class JobWatch:
     def on_started(self, actors) -> None:
         (engine,) = actors.engines.values()
         streams = list(actors.streams.values())
-        self.threads = ray.get(engine.__ray_call__.remote(_torch_threads))
+        self.threads = ray.get(engine.ready.remote())["torch_threads"]
         self._thread = threading.Thread(target=self._poll, args=(engine, streams), name="job-watch", daemon=True)
         self._thread.start()
 
