@@ -193,37 +193,31 @@ def _describe(checkpoint) -> str:
     return "the stream's start" if checkpoint is None else f"its checkpoint at frame {checkpoint.frame_index}"
 
 
-def _poll_checkpoints(streams: dict, stream_ids, store) -> None:
-    """Keep the streams' latest checkpoints in the driver, where they outlive the stream actors."""
-    refs = {sid: streams[sid].checkpoint.remote() for sid in stream_ids}
-    for ref in refs.values():
+def _gather(refs: dict) -> dict:
+    """The answers of those calls that came back within ``POLL_S``; a busy or restarting actor is skipped."""
+    out = {}
+    for key, ref in refs.items():
         try:
-            checkpoint = ray.get(ref, timeout=POLL_S)
+            out[key] = ray.get(ref, timeout=POLL_S)
         except Exception:
             continue
+    return out
+
+
+def _poll_checkpoints(streams: dict, stream_ids, store) -> None:
+    """Keep the streams' latest checkpoints in the driver, where they outlive the stream actors."""
+    for checkpoint in _gather({sid: streams[sid].checkpoint.remote() for sid in stream_ids}).values():
         if checkpoint is not None:
             store.put(checkpoint)
 
 
 def _poll(streams: dict, finals: dict[str, dict]) -> dict[str, dict]:
-    out = dict(finals)
-    live = {sid: a.get_stats.remote() for sid, a in streams.items() if sid not in finals}
-    for sid, ref in live.items():
-        try:
-            out[sid] = ray.get(ref, timeout=POLL_S)
-        except Exception:
-            continue
-    return out
+    live = _gather({sid: a.get_stats.remote() for sid, a in streams.items() if sid not in finals})
+    return {**finals, **live}
 
 
 def _poll_engines(engines: dict) -> dict:
-    out = {}
-    for name, actor in engines.items():
-        try:
-            out[name] = ray.get(actor.stats.remote(), timeout=POLL_S)
-        except Exception:
-            continue
-    return out
+    return _gather({name: actor.stats.remote() for name, actor in engines.items()})
 
 
 def _install_signal_handlers(stop: threading.Event, cleanup: ExitStack) -> None:
