@@ -11,7 +11,7 @@ import torch
 
 from sam3_runtime.config import Sam3Config
 from sam3_runtime.modeling.detector import Sam3Detector
-from tests.hf_reference import hf_video_model
+from tests.parity.hf_reference import hf_video_model
 
 
 @pytest.fixture(scope="module")

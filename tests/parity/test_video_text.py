@@ -22,7 +22,7 @@ from sam3_runtime.model import load_model, write_random_checkpoint
 from sam3_runtime.preprocess import to_model_input
 from sam3_runtime.video.engine import StreamingEngine
 from sam3_runtime.video.types import EngineOptions
-from tests.hf_reference import hf_video_config
+from tests.parity.hf_reference import hf_video_config
 
 SIZE = (160, 120)
 FRAMES = 12

@@ -15,7 +15,7 @@ import torch
 from sam3_runtime.config import Sam3Config
 from sam3_runtime.modeling.geometry_encoder import GeometryEncoder, roi_align
 from sam3_runtime.modeling.mask_head import MaskHead
-from tests.hf_reference import reference_roi_align, reference_shapes
+from tests.parity.hf_reference import reference_roi_align, reference_shapes
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -34,7 +34,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def hf_detector(tiny):
-    from tests.hf_reference import hf_video_model
+    from tests.parity.hf_reference import hf_video_model
 
     return hf_video_model(tiny).detector_model
 

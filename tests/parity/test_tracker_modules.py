@@ -10,7 +10,7 @@ import torch
 from sam3_runtime.config import Sam3Config
 from sam3_runtime.modeling.tracker import MemoryBank, TrackerModel
 from sam3_runtime.modeling.tracker.common import NO_OBJECT_SCORE
-from tests.hf_reference import hf_video_config, hf_video_model, reference_shapes
+from tests.parity.hf_reference import hf_video_config, hf_video_model, reference_shapes
 
 
 def assert_parity(ours: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-4) -> None:

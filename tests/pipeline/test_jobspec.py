@@ -18,7 +18,7 @@ from pipeline.jobspec import (
     parse_job,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "configs" / "examples").glob("*.yaml"))
 
 # The example of DESIGN.md, "Job file (YAML) — the keys that must keep working".

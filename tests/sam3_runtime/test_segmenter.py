@@ -11,7 +11,7 @@ from sam3_runtime.masks import decode_rle
 from sam3_runtime.model import load_model, write_random_checkpoint
 from sam3_runtime.preprocess import to_model_input
 from sam3_runtime.segmenter import BoxPrompt, ImageSegmenter, Prompt
-from tests.hf_reference import hf_video_config
+from tests.parity.hf_reference import hf_video_config
 
 
 @pytest.fixture(scope="module")

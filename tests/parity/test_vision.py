@@ -12,7 +12,7 @@ from sam3_runtime.config import Sam3Config, ViTConfig
 from sam3_runtime.modeling.fpn import FPNNeck, VisionEncoder
 from sam3_runtime.modeling.position import SinePositionEncoding
 from sam3_runtime.modeling.vit import ViTBackbone, window_partition, window_unpartition
-from tests.hf_reference import hf_video_model, randomize_weights, reference_shapes
+from tests.parity.hf_reference import hf_video_model, randomize_weights, reference_shapes
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ from sam3_runtime.modeling.text_encoder import (
     select_text_weights,
 )
 from sam3_runtime.tokenizer import Sam3Tokenizer, build_clip_tokenizer
-from tests.hf_reference import hf_video_model, reference_shapes
+from tests.parity.hf_reference import hf_video_model, reference_shapes
 
 TINY = Sam3Config.tiny()
 

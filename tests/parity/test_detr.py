@@ -14,7 +14,7 @@ from sam3_runtime.modeling.layers import box_cxcywh_to_xyxy, inverse_sigmoid
 from sam3_runtime.modeling.scoring import DotProductScoring
 
 pytest.importorskip("transformers")
-from tests.hf_reference import hf_video_model, reference_shapes  # noqa: E402
+from tests.parity.hf_reference import hf_video_model, reference_shapes  # noqa: E402
 
 TINY = Sam3Config.tiny()
 DET = TINY.detector

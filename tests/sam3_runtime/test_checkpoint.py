@@ -25,7 +25,7 @@ from sam3_runtime.checkpoint import (
     resolve_checkpoint,
 )
 from sam3_runtime.official_keys import RULES, convert_official_shapes
-from tests.hf_reference import HF_TSV, OFFICIAL_TSV
+from tests.parity.hf_reference import HF_TSV, OFFICIAL_TSV
 
 
 def _raw_shapes(path: Path) -> dict[str, tuple[int, ...]]:

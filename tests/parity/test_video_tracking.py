@@ -22,7 +22,7 @@ from sam3_runtime.video.propagation import (
     propagate,
     tracker_features,
 )
-from tests.hf_reference import hf_video_model
+from tests.parity.hf_reference import hf_video_model
 
 NUM_FRAMES = 20  # > 7 memory slots and > 16 pointers: both rings wrap
 # Random weights put every object score slightly below 0 (all objects "absent"); shift the

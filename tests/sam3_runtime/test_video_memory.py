@@ -18,7 +18,7 @@ from sam3_runtime.config import Sam3Config
 from sam3_runtime.modeling.tracker import TrackerModel
 from sam3_runtime.video.memory import ObjectMemory, gather_banks
 from sam3_runtime.video.propagation import TrackerFrameFeatures, commit_memories, propagate
-from tests.hf_reference import hf_video_config
+from tests.parity.hf_reference import hf_video_config
 
 CM, C, H, W = 64, 128, 2, 2
 

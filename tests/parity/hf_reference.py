@@ -14,7 +14,7 @@ import torch
 from sam3_runtime.config import Sam3Config
 
 # The published checkpoints' key lists (names, shapes, dtypes), kept with the tests.
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parents[1] / "data"
 HF_TSV = DATA_DIR / "sam3_hf_video_state_dict.tsv"
 OFFICIAL_TSV = DATA_DIR / "sam3_official_video_state_dict.tsv"
 

@@ -28,7 +28,7 @@ from sam3_runtime.video.heuristics import (
     suppress_shrunk_masks,
 )
 from sam3_runtime.video.planning import NOT_SEEN, MaskletTable, plan_frame
-from tests.hf_reference import hf_video_model
+from tests.parity.hf_reference import hf_video_model
 
 H = W = 32
 
