@@ -10,20 +10,47 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 from operators.video_source import Frame, VideoSourceError, open_video
 
 logger = logging.getLogger(__name__)
 
-LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+LIVE_SCHEMES = ("rtsp", "rtsps", "http", "https")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".ts", ".m4v", ".mpg", ".mpeg", ".flv")
+SourceKind = Literal["file", "glob", "directory", "rtsp", "http", "hls"]
+LIVE_KINDS: tuple[SourceKind, ...] = ("rtsp", "http", "hls")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+
+
+def url_scheme(source: str) -> str | None:
+    """The lower-cased scheme of a ``scheme://...`` source; None for a path or glob."""
+    match = _SCHEME.match(source)
+    return match.group(1).lower() if match else None
+
+
+def source_kind(source: str) -> SourceKind:
+    """What a source names. The one place that tells live sources (URLs, read as they are
+    produced: reconnects, dropped frames) from files (read at their own pace, never dropping)."""
+    scheme = url_scheme(source)
+    if scheme in ("rtsp", "rtsps"):
+        return "rtsp"
+    if scheme in ("http", "https"):
+        return "hls" if urlsplit(source).path.lower().endswith(".m3u8") else "http"
+    if any(ch in source for ch in "*?["):
+        return "glob"
+    return "directory" if source.endswith("/") or os.path.isdir(source) else "file"
 
 
 def is_live(source: str) -> bool:
-    return source.lower().startswith(LIVE_SCHEMES)
+    """Whether ``source`` is a live URL rather than a file, directory or glob."""
+    return source_kind(source) in LIVE_KINDS
 
 
 def expand_files(source: str) -> list[Path]:
