@@ -34,8 +34,18 @@ H = W = 32
 
 
 @pytest.fixture(scope="module")
-def hf_model():
-    return hf_video_model(Sam3Config.tiny())
+def shared_hf_model():
+    """Built once per module (seconds); tests patch it only through their own ``monkeypatch``."""
+    model = hf_video_model(Sam3Config.tiny())
+    return model, dict(model._modules)
+
+
+@pytest.fixture
+def hf_model(shared_hf_model):
+    """The shared reference, checked to be as built so no test depends on the ones before it."""
+    model, submodules = shared_hf_model
+    assert dict(model._modules) == submodules, "an earlier test left the shared reference model changed"
+    return model
 
 
 def configure(monkeypatch, model, cfg: VideoConfig) -> None:
@@ -121,7 +131,9 @@ def test_filter_detections_matches_transformers(hf_model, monkeypatch, nms):
         types.SimpleNamespace(pred_logits=logits[p][None], presence_logits=presence[p].view(1, 1), pred_masks=masks[p][None], pred_boxes=boxes[p][None])
         for p in range(num_prompts)
     ]
-    monkeypatch.setattr(hf_model, "detector_model", FakeDetector(outputs))
+    # A submodule lives in ``_modules``, not the instance ``__dict__``: patched through setattr,
+    # pytest >= 9.2 undoes it with a delattr that removes the shared model's detector for good.
+    monkeypatch.setitem(hf_model._modules, "detector_model", FakeDetector(outputs))
     session = new_session(("a", "b", "c"))
     session.prompt_embeddings = {p: torch.tensor(p) for p in range(num_prompts)}
     session.prompt_attention_masks = {p: None for p in range(num_prompts)}
