@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import ray
 
+from pipeline.exit_codes import ExitCode
 from pipeline.metrics import JobMetrics
 from pipeline.progress import JobProgress, summary_table
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_PARTIAL = 0, 3
 POLL_S = 1.0
 STREAM_RESTARTS = 3  # a stream actor that dies is restored from its checkpoint this many times
 
@@ -54,7 +54,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
     """
     from operators.broker import resolve_bootstrap
     from pipeline.checkpoints import CheckpointStore, checkpoint_dir
-    from pipeline.engine_actor import EngineActor
+    from pipeline.engine_actor import EngineActor, EngineSettings
     from pipeline.jobspec import load_job
     from pipeline.stream_actor import StreamActor
 
@@ -97,11 +97,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             engine_names[name] = f"{job.name}-{run_id}-{name}"
             options = dict(name=engine_names[name], num_gpus=1 if use_gpu else 0, num_cpus=job.engine.num_cpus,
                            enable_task_events=False)
-            engines[name] = EngineActor.options(**options).remote(
-                str(job.model.checkpoint), device=job.model.device, dtype=job.model.dtype,
-                max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
-                hotstart=job.engine.hotstart, evict_after_frames=job.engine.evict_after_frames, name=name,
-            )
+            engines[name] = EngineActor.options(**options).remote(EngineSettings.from_job(job), name=name)
         cleanup.callback(lambda: [ray.kill(a) for a in engines.values()])
         infos = ray.get([e.ready.remote() for e in engines.values()])
         if any(i["random_weights"] for i in infos):
@@ -163,7 +159,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         failed = [sid for sid, s in finals.items() if s.get("state") == "failed"]
         for sid in failed:
             logger.error("stream %s failed: %s", sid, finals[sid].get("error"))
-        return JobResult(EXIT_PARTIAL if failed else EXIT_OK, finals)
+        return JobResult(ExitCode.PARTIAL if failed else ExitCode.OK, finals)
 
 
 def _check_resources(job, job_path: str, use_gpu: bool) -> None:

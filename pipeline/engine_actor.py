@@ -15,16 +15,38 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import ray
+
+from pipeline.jobspec import JobSpec, TrackingSpec
+from sam3_runtime.video.types import EngineOptions
 
 logger = logging.getLogger(__name__)
 
 # Histogram bucket bounds shared with the driver's Prometheus exporter.
 STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything an engine actor is built from, passed whole so no job setting is lost on the way."""
+
+    checkpoint: str  # hub repo id | local dir | .pt/.safetensors file
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch: int = 8  # streams stepped together at most
+    max_wait_ms: float = 15.0  # how long a step waits for more streams to join
+    options: EngineOptions = field(default_factory=EngineOptions)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)  # applied over the checkpoint's heuristics
+
+    @classmethod
+    def from_job(cls, job: JobSpec) -> EngineSettings:
+        return cls(checkpoint=str(job.model.checkpoint), device=job.model.device, dtype=job.model.dtype,
+                   max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
+                   options=job.engine.engine_options(), tracking=job.engine.tracking)
 
 
 @dataclass
@@ -54,20 +76,17 @@ def _bucket(bounds, value) -> int:
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EngineActor:
-    def __init__(self, checkpoint: str, device: str = "auto", dtype: str = "auto", max_batch: int = 8,
-                 max_wait_ms: float = 15.0, hotstart: str = "tentative", evict_after_frames: int | None = 300,
-                 name: str = "engine"):
+    def __init__(self, settings: EngineSettings, name: str = "engine"):
         from sam3_runtime.model import load_model
         from sam3_runtime.video.engine import StreamingEngine
-        from sam3_runtime.video.types import EngineOptions
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.name = name
-        self.loaded = load_model(checkpoint, device=device, dtype=dtype)
-        options = EngineOptions(hotstart_mode=hotstart, evict_after_frames=evict_after_frames)
-        self.engine = StreamingEngine(self.loaded, options)
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_ms / 1000.0
+        self.loaded = load_model(settings.checkpoint, device=settings.device, dtype=settings.dtype)
+        video = settings.tracking.apply(self.loaded.config.video)
+        self.engine = StreamingEngine(self.loaded, settings.options, video=video)
+        self.max_batch = settings.max_batch
+        self.max_wait_s = settings.max_wait_ms / 1000.0
         self.stats_ = EngineStats()
         self._queue: deque = deque()  # (stream_id, frame, future), released in sequence order
         self._next_seq: dict[str, int] = {}  # per open session: the sequence number released next
@@ -82,7 +101,8 @@ class EngineActor:
 
         return {"name": self.name, "model": self.loaded.model_id, "device": str(self.loaded.device),
                 "random_weights": self.loaded.random_weights, "started": self._started,
-                "torch_threads": torch.get_num_threads()}
+                "torch_threads": torch.get_num_threads(), "options": asdict(self.engine.options),
+                "video": asdict(self.engine.video)}
 
     async def open(self, stream_id: str, concepts: list[str], detection_threshold: float | None = None) -> None:
         async with self._sessions_lock:

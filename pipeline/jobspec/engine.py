@@ -1,9 +1,9 @@
 """``engine:``: how many engines run and how they batch, and the switches and thresholds of SAM 3's
 video logic they run with.
 
-This section is the one place a job's engine settings come from: :meth:`EngineSpec.engine_options`
-and :meth:`EngineSpec.video_config` build what the streaming engine takes, whole, so every knob
-set here reaches the engine unchanged.
+What the streaming engine takes is built from this section whole: :meth:`EngineSpec.engine_options`
+(its switches) and :meth:`TrackingSpec.apply` (its heuristics, over the checkpoint's), so every
+knob set here reaches the engine unchanged.
 """
 
 from __future__ import annotations
@@ -74,7 +74,3 @@ class EngineSpec(Spec):
         return EngineOptions(hotstart_mode=self.hotstart, detection_nms=self.detection_nms,
                              fill_holes=self.fill_holes, non_overlapping=self.non_overlapping,
                              evict_after_frames=self.evict_after_frames)
-
-    def video_config(self, checkpoint: VideoConfig) -> VideoConfig:
-        """The checkpoint's video heuristics with this job's ``tracking`` values."""
-        return self.tracking.apply(checkpoint)

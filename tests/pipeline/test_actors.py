@@ -26,11 +26,14 @@ def _objects(result):
 
 
 def test_frames_are_stepped_in_sequence_order(ray_session, engine_inputs):
-    from pipeline.engine_actor import EngineActor
+    from pipeline.engine_actor import EngineActor, EngineSettings
+    from sam3_runtime.video.types import EngineOptions
 
     ray = ray_session
     ckpt, frames = engine_inputs
-    engine = EngineActor.remote(str(ckpt), device="cpu", max_batch=2, max_wait_ms=5.0, hotstart="off")
+    settings = EngineSettings(str(ckpt), device="cpu", max_batch=2, max_wait_ms=5.0,
+                              options=EngineOptions(hotstart_mode="off"))
+    engine = EngineActor.remote(settings)
     try:
         ray.get(engine.open.remote("in-order", CONCEPTS, 0.1))
         expected = [ray.get(engine.process.remote("in-order", i, f)) for i, f in enumerate(frames)]
