@@ -12,7 +12,6 @@ sub-pixel errors in bf16 would add up (the fp32 path reproduces transformers exa
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,11 +27,11 @@ from sam3_runtime.modeling.layers import (
     inverse_sigmoid,
     key_padding_mask,
 )
+from sam3_runtime.modeling.position import SinePositionEncoding
 
 # The checkpoint's layer norms use PyTorch's default eps, not ``layer_norm_eps`` of the config.
 LAYER_NORM_EPS = 1e-5
 PRESENCE_LOGIT_CLAMP = 10.0
-SINE_TEMPERATURE = 10000.0
 
 
 @dataclass
@@ -57,22 +56,6 @@ class DetrDecoderOutput:
     def pred_boxes_xyxy(self) -> torch.Tensor:
         """[N, Q, 4] the last layer's boxes as normalised (x0, y0, x1, y1)."""
         return box_cxcywh_to_xyxy(self.pred_boxes[-1])
-
-
-def box_sine_embedding(boxes: torch.Tensor, num_feats: int, temperature: float = SINE_TEMPERATURE) -> torch.Tensor:
-    """Sine encoding of normalised cxcywh boxes [..., 4] -> [..., 4 * num_feats], in fp32.
-
-    The four coordinates are encoded in the order (cy, cx, w, h); each one as
-    [sin(v / t_0), cos(v / t_1), sin(v / t_2), ...] with v = 2 pi * coordinate and
-    t_i = temperature ** (2 * (i // 2) / num_feats).
-    """
-    boxes = boxes.float()
-    i = torch.arange(num_feats, device=boxes.device, dtype=torch.float32)
-    dim_t = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / num_feats)
-    coords = boxes[..., [1, 0, 2, 3]] * (2 * math.pi)
-    angles = coords[..., None] / dim_t
-    enc = torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1)
-    return enc.flatten(-3)
 
 
 def _log_scale(delta: torch.Tensor) -> torch.Tensor:
@@ -135,6 +118,7 @@ class DetrDecoder(nn.Module):
         self.presence_head = DecoderMLP(d, d, 1, num_layers=3)
         self.presence_layer_norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
         self.ref_point_head = DecoderMLP(2 * d, d, d, num_layers=2)
+        self.position_encoding = SinePositionEncoding(d // 2)  # of the reference boxes; no weights
         self.box_rpb_embed_x = DecoderMLP(2, d, cfg.num_attention_heads, num_layers=2)
         self.box_rpb_embed_y = DecoderMLP(2, d, cfg.num_attention_heads, num_layers=2)
 
@@ -190,7 +174,7 @@ class DetrDecoder(nn.Module):
 
         hidden, refs, preds, presence_logits = [], [], [], []
         for layer in self.layers:
-            query_pos = self.ref_point_head(box_sine_embedding(boxes, self.hidden_size // 2).to(dtype))
+            query_pos = self.ref_point_head(self.position_encoding.encode_boxes(boxes).to(dtype))
             query_pos = F.pad(query_pos, (0, 0, 1, 0))  # zero position for the presence token
             bias = self.box_attention_bias(boxes, spatial_shape, dtype)
             x = layer(x, query_pos, prompt, prompt_attn_mask, image_tokens, image_keys, bias)

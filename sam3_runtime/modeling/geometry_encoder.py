@@ -19,7 +19,6 @@ encoder weights, so point prompts are not supported here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 
 from sam3_runtime.config import GeometryEncoderConfig
 from sam3_runtime.modeling.layers import Attention, FeedForward, box_cxcywh_to_xyxy, key_padding_mask
+from sam3_runtime.modeling.position import SinePositionEncoding
 
 
 @dataclass
@@ -111,13 +111,6 @@ def _axis_weights(
 # ---------------------------------------------------------------------------------------------
 
 
-def _sine_encode(coord: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
-    """[...] coordinates in [0, 1] -> [..., num_feats] interleaved sin/cos (fp32), scale 2*pi."""
-    exponent = 2 * (torch.arange(num_feats, device=coord.device, dtype=torch.float32) // 2) / num_feats
-    angles = (coord.float() * (2 * math.pi))[..., None] / temperature**exponent
-    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-2)
-
-
 class GeometryEncoderLayer(nn.Module):
     """Pre-norm block: prompt self-attention, cross-attention to image tokens, MLP."""
 
@@ -159,6 +152,7 @@ class GeometryEncoder(nn.Module):
         self.boxes_pool_project = nn.Conv2d(d, d, cfg.roi_size)
         # sine codes of the centre (d/2 per axis) plus raw height and width
         self.boxes_pos_enc_project = nn.Linear(d + 2, d)
+        self.position_encoding = SinePositionEncoding(d // 2)  # of the box centres; no weights
         self.vision_layer_norm = nn.LayerNorm(d)
         self.final_proj = nn.Linear(d, d)
         self.prompt_layer_norm = nn.LayerNorm(d)
@@ -224,8 +218,8 @@ class GeometryEncoder(nn.Module):
         pooled = self.boxes_pool_project(pooled.flatten(0, 1)).view(num_rows, num_boxes, self.hidden_size)
 
         cx, cy, w, h = boxes.float().unbind(-1)
-        num_feats = self.hidden_size // 2
-        pos = torch.cat((_sine_encode(cy, num_feats), _sine_encode(cx, num_feats), h[..., None], w[..., None]), dim=-1)
+        pos_x, pos_y = self.position_encoding.encode_xy(cx, cy)
+        pos = torch.cat((pos_y, pos_x, h[..., None], w[..., None]), dim=-1)
         return embed + pooled + self.boxes_pos_enc_project(pos.to(dtype))
 
     def _append_cls(self, box_tokens: torch.Tensor, box_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,12 @@
-"""Sine/cosine position encodings (DETR style) for feature grids, points and boxes.
+"""Sine/cosine position encodings (DETR style) for feature grids, points, boxes and time.
 
-One encoding, used in several places: every FPN level of both vision necks, the memory
-encoder of the tracker, the geometry (box/point prompt) encoder and the DETR decoder's
-box queries. All arithmetic happens in fp32 and the result is cast at the end: the
-angles reach ``2*pi`` and bf16 keeps only ~3 significant digits, so computing the
-sines in bf16 would visibly shift positions.
+The one place these encodings are computed. :class:`SinePositionEncoding` serves every FPN
+level of both vision necks (``fpn.FPNNeck``), the tracker's memory encoder and the memory
+conditioning that reads its memories (one instance, on ``MemoryEncoder.position_encoding``), the
+geometry encoder's box centres and the DETR decoder's box queries; :func:`sine_encoding_1d` the
+tracker's object-pointer offsets. All arithmetic happens in fp32 and the result is cast at the
+end: the angles reach ``2*pi`` and bf16 keeps only ~3 significant digits, so computing the sines
+in bf16 would visibly shift positions.
 
 Channel layout (matches the transformers/official checkpoints' consumers): each
 coordinate gives ``num_pos_feats`` channels, interleaved ``[sin(c/t0), cos(c/t0),
@@ -111,3 +113,17 @@ class SinePositionEncoding(nn.Module):
         enc = _sine_cosine(boxes.float() * self.scale, self.num_pos_feats, self.temperature)  # [..., 4, F]
         cx, cy, w, h = enc.unbind(-2)
         return torch.cat((cy, cx, w, h), dim=-1).to(boxes.dtype)
+
+
+def sine_encoding_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """``positions [...]`` -> ``[..., dim]``: all sines first, then all cosines (SAM 2's 1-D layout).
+
+    Unlike the interleaved layout above, frequency ``t_(i // 2)`` (with ``dim / 2`` in place of
+    ``num_pos_feats``) appears twice in a row within each half; the tracker's pointer projection
+    was trained on exactly this layout. Computed and returned in fp32.
+    """
+    half = dim // 2
+    # each frequency twice in a row: the SAM 2 layout the checkpoint expects
+    pair_index = torch.arange(half, dtype=torch.float32, device=positions.device).div(2, rounding_mode="floor")
+    angles = positions.float()[..., None] / temperature ** (2 * pair_index / half)
+    return torch.cat((angles.sin(), angles.cos()), dim=-1)

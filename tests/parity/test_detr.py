@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sam3_runtime.config import Sam3Config
-from sam3_runtime.modeling.detr_decoder import DetrDecoder, box_sine_embedding
+from sam3_runtime.modeling.detr_decoder import DetrDecoder
 from sam3_runtime.modeling.detr_encoder import DetrEncoder
 from sam3_runtime.modeling.layers import box_cxcywh_to_xyxy, inverse_sigmoid
 from sam3_runtime.modeling.scoring import DotProductScoring
@@ -134,7 +134,7 @@ def test_box_attention_bias_matches_reference(hf_detector, modules):
     assert ours.shape == (2, DET.detr_decoder_config.num_attention_heads, 6, HW[0] * HW[1])
     assert torch.count_nonzero(ours[:, :, 0]) == 0  # presence row
     _close(ours[:, :, 1:], ref)
-    _close(box_sine_embedding(boxes, D // 2), ref_sine)
+    _close(dec.position_encoding.encode_boxes(boxes), ref_sine)
 
 
 def test_scoring_parity(hf_detector, modules):

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from sam3_runtime.config import TrackerConfig
+from sam3_runtime.modeling.position import SinePositionEncoding
 
-from .common import LayerNorm2d, activation_fn, sine_position_encoding_2d
+from .common import LayerNorm2d, activation_fn
 
 
 class MaskDownSamplerLayer(nn.Module):
@@ -93,6 +94,8 @@ class MemoryEncoder(nn.Module):
         self.feature_projection = nn.Conv2d(hidden, hidden, kernel_size=1)
         self.memory_fuser = MemoryFuser(cfg)
         self.projection = nn.Conv2d(hidden, self.out_channels, kernel_size=1)
+        # no weights; also encodes the memory positions when frames are conditioned on memories
+        self.position_encoding = SinePositionEncoding(self.out_channels // 2)
 
     def forward(self, features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         """``features [1 or N, C, h, w]`` (raw frame features), ``masks [N, 1, 16h, 16w]`` (already
@@ -103,5 +106,5 @@ class MemoryEncoder(nn.Module):
         """
         x = self.feature_projection(features) + self.mask_downsampler(masks)
         x = self.projection(self.memory_fuser(x))
-        pos = sine_position_encoding_2d(self.out_channels, x.shape[-2], x.shape[-1], device=x.device, dtype=x.dtype)
-        return x, pos.expand(x.shape[0], -1, -1, -1)
+        pos = self.position_encoding(x.shape[-2], x.shape[-1], device=x.device, dtype=x.dtype, batch_size=x.shape[0])
+        return x, pos

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sam3_runtime.config import TrackerConfig
+from sam3_runtime.modeling.position import sine_encoding_1d
 
-from .common import MLP, NO_OBJECT_SCORE, resize_masks, sine_encoding_1d, sine_position_encoding_2d
+from .common import MLP, NO_OBJECT_SCORE, resize_masks
 from .mask_decoder import MaskDecoder, MaskDecoderOutput
 from .memory_attention import MEMORY_KV_DIM, MemoryAttention
 from .memory_encoder import MemoryEncoder
@@ -290,7 +291,7 @@ class TrackerModel(nn.Module):
         if bank.spatial is not None and bank.spatial.shape[1] > 0:
             n, s = bank.spatial.shape[:2]
             memories.append(bank.spatial.to(dtype).permute(0, 1, 3, 4, 2).reshape(n, s * grid, cm))
-            sine = sine_position_encoding_2d(cm, h, w, device=device, dtype=dtype).flatten(2).transpose(1, 2)
+            sine = self.memory_encoder.position_encoding(h, w, device=device, dtype=dtype).flatten(2).transpose(1, 2)
             slot = torch.remainder(bank.spatial_offsets.long() - 1, self.num_maskmem)
             temporal = self.memory_temporal_positional_encoding.to(dtype).reshape(self.num_maskmem, cm)[slot]
             positions.append((sine[:, None] + temporal[:, :, None]).reshape(n, s * grid, cm))
