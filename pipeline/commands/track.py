@@ -2,33 +2,56 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 
 from tqdm import tqdm
+
+from pipeline.commands.args import UsageError, add_model_args, parse_box
+from pipeline.exit_codes import ExitCode
 
 logger = logging.getLogger(__name__)
 
 STREAM = "video"
 
 
-def run_track(args) -> int:
+def register(sub) -> None:
+    trk = sub.add_parser("track", help="track every instance of concepts (or boxed objects) through a video")
+    trk.add_argument("video", metavar="VIDEO")
+    add_model_args(trk)
+    trk.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a concept to track; repeatable")
+    trk.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
+                     help="an object to track, boxed on the first frame in pixels; repeatable")
+    trk.add_argument("--fps", type=float, default=None, help="sample the video at this rate (default: every frame)")
+    trk.add_argument("--threshold", type=float, default=None,
+                     help="detection score threshold (default: the checkpoint's, 0.5; the new-track threshold "
+                          "scales with it)")
+    trk.add_argument("--hotstart", choices=["tentative", "off"], default="tentative",
+                     help="tentative: new tracks are flagged until SAM 3's hot-start confirms them (default); "
+                          "off: never retract")
+    trk.add_argument("--out", metavar="FILE.jsonl|FILE.parquet", help="one record per (frame, object)")
+    trk.add_argument("--overlay", metavar="OUT.mp4", help="write the video with masks and track ids drawn")
+    trk.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    trk.set_defaults(handler=run_track)
+
+
+def run_track(args: argparse.Namespace) -> int:
     """Decode, track and write records; a decode failure keeps every record written before it (exit 3)."""
     from operators.track_records import TrackRecordWriter, frame_records
     from operators.video_source import VideoSourceError, open_video
-    from pipeline.cli import parse_box
     from sam3_runtime.model import load_model
     from sam3_runtime.video.engine import StreamingEngine
     from sam3_runtime.video.types import EngineOptions
 
     if not args.prompt and not args.box:
-        raise ValueError("nothing to track: give --prompt TEXT and/or --box x0,y0,x1,y1")
+        raise UsageError("nothing to track: give --prompt TEXT and/or --box x0,y0,x1,y1")
     boxes = [parse_box(b, allow_negative=False)[0] for b in args.box]
     source = open_video(args.video, fps=args.fps)  # opening errors surface before the model loads
     info = source.info
     for b in boxes:
         if b[0] < 0 or b[1] < 0 or b[2] > info.width or b[3] > info.height:
-            raise ValueError(f"--box {list(b)} lies outside the {info.width}x{info.height} video")
+            raise UsageError(f"--box {list(b)} lies outside the {info.width}x{info.height} video")
     loaded = load_model(args.checkpoint, device=args.device, dtype=args.dtype)
     engine = StreamingEngine(loaded, EngineOptions(hotstart_mode=args.hotstart))
     engine.open_session(STREAM, args.prompt, detection_threshold=args.threshold)
@@ -66,14 +89,14 @@ def run_track(args) -> int:
         logger.info("wrote %d records for %d frames to %s", writer.rows_written, frames, args.out)
     if failure is not None:
         logger.error("%s (kept the %d frames decoded before it)", failure, frames)
-        return 3
+        return ExitCode.PARTIAL
     if frames == 0:
         raise ValueError(f"{args.video}: no frame to track (empty video, or --fps skips everything)")
     if source.truncated:
         logger.error("%s ends before the length its header declares: the file is truncated (kept the %d frames "
                      "decoded before the end)", args.video, frames)
-        return 3
-    return 0
+        return ExitCode.PARTIAL
+    return ExitCode.OK
 
 
 class _Overlay:

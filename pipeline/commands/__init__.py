@@ -1,0 +1,1 @@
+"""One module per ``sam3-stream`` command: each adds its parser (``register``) and runs it."""
