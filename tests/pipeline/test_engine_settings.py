@@ -1,0 +1,126 @@
+"""Every engine knob of the job file reaches the streaming engine, and bad values are refused in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipeline.engine_actor import EngineSettings
+from pipeline.jobspec import JobSpecError, load_job, parse_job
+from sam3_runtime.config import VideoConfig
+from sam3_runtime.video.types import EngineOptions
+
+BASE = """\
+name: t
+watchlists:
+  safety:
+    - concept: forklift
+streams:
+  - id: cam1
+    source: rtsp://cam/stream
+    watchlist: safety
+"""
+
+TUNED = BASE + """\
+engine:
+  max_batch: 3
+  max_wait_ms: 7
+  hotstart: tentative
+  detection_nms: false
+  fill_holes: false
+  non_overlapping: false
+  evict_after_frames: 50
+  tracking:
+    new_object_threshold: 0.6
+    association_iou: 0.25
+    hotstart_delay: 7
+    recondition_every: 0
+    max_objects: 12
+"""
+
+# job file key -> (VideoConfig field, the value TUNED sets)
+TRACKING = {"new_object_threshold": ("new_det_thresh", 0.6), "association_iou": ("assoc_iou_thresh", 0.25),
+            "hotstart_delay": ("hotstart_delay", 7), "recondition_every": ("recondition_every_nth_frame", 0),
+            "max_objects": ("max_num_objects", 12)}
+
+
+def test_defaults_leave_the_engine_as_it_was():
+    job = parse_job(BASE, env={})
+    assert job.engine.engine_options() == EngineOptions()
+    checkpoint = dataclasses.replace(VideoConfig(), new_det_thresh=0.65, max_num_objects=99)
+    assert job.engine.tracking.apply(checkpoint) == checkpoint  # unset keys keep the checkpoint's values
+    assert parse_job(BASE + "engine:\n  tracking:\n", env={}).engine.tracking.apply(checkpoint) == checkpoint
+
+
+def test_every_knob_reaches_the_engine_settings():
+    job = parse_job(TUNED, env={})
+    settings = EngineSettings.from_job(job)
+    assert settings.options == EngineOptions(hotstart_mode="tentative", detection_nms=False, fill_holes=False,
+                                             non_overlapping=False, evict_after_frames=50)
+    assert (settings.checkpoint, settings.device, settings.dtype) == ("facebook/sam3", "auto", "auto")
+    assert (settings.max_batch, settings.max_wait_ms) == (3, 7.0)
+    video = settings.tracking.apply(VideoConfig())
+    assert {name: getattr(video, name) for name, _ in TRACKING.values()} == dict(TRACKING.values())
+    untouched = [f.name for f in dataclasses.fields(VideoConfig) if f.name not in dict(TRACKING.values())]
+    assert all(getattr(video, f) == getattr(VideoConfig(), f) for f in untouched)
+    # hotstart: off (YAML's false when unquoted) reaches the engine too
+    off = parse_job(BASE + "engine: {hotstart: off}\n", env={})
+    assert EngineSettings.from_job(off).options.hotstart_mode == "off"
+
+
+def test_engine_actor_runs_with_the_job_settings(ray_session, tmp_path):
+    from pipeline.engine_actor import EngineActor
+    from sam3_runtime.model import load_model, write_random_checkpoint
+
+    ray = ray_session
+    checkpoint = write_random_checkpoint(tmp_path / "tiny")
+    job = parse_job(TUNED + f"model:\n  checkpoint: {checkpoint}\n  device: cpu\n", env={})
+    engine = EngineActor.remote(EngineSettings.from_job(job))
+    try:
+        info = ray.get(engine.ready.remote(), timeout=300)
+    finally:
+        ray.kill(engine)
+    assert info["options"] == dataclasses.asdict(job.engine.engine_options())
+    expected = job.engine.tracking.apply(load_model(str(checkpoint), device="cpu").config.video)
+    assert info["video"] == dataclasses.asdict(expected)
+    assert {info["video"][name] for name, _ in TRACKING.values()} == {v for _, v in TRACKING.values()}
+
+
+def _error(tmp_path: Path, text: str) -> JobSpecError:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(JobSpecError) as info:
+        load_job(path, env={})
+    return info.value
+
+
+@pytest.mark.parametrize(("engine", "needle", "field", "fragments"), [
+    ("engine:\n  fill_holes: maybe\n", "fill_holes", "engine.fill_holes", ["expected a boolean (true or false)"]),
+    ("engine:\n  detection_nms: 0.5\n", "detection_nms", "engine.detection_nms", ["expected a boolean"]),
+    ("engine:\n  non_overlapping: [1]\n", "non_overlapping", "engine.non_overlapping", ["expected a boolean"]),
+    ("engine:\n  evict_after_frames: 0\n", "evict_after_frames", "engine.evict_after_frames", ["at least 1"]),
+    ("engine:\n  tracking:\n    new_object_threshold: 1.5\n", "new_object_threshold",
+     "engine.tracking.new_object_threshold", ["at most 1", "1.5"]),
+    ("engine:\n  tracking:\n    association_iou: 0\n", "association_iou", "engine.tracking.association_iou",
+     ["greater than 0"]),
+    ("engine:\n  tracking:\n    max_objects: 0\n", "max_objects", "engine.tracking.max_objects", ["at least 1"]),
+    ("engine:\n  tracking:\n    recondition_every: -1\n", "recondition_every", "engine.tracking.recondition_every",
+     ["at least 0"]),
+    ("engine:\n  tracking:\n    hotstart_delay: 2.5\n", "hotstart_delay", "engine.tracking.hotstart_delay",
+     ["whole number"]),
+    ("engine:\n  hotstart: off\n  tracking:\n    hotstart_delay: 5\n", "hotstart_delay",
+     "engine.tracking.hotstart_delay", ["no effect with engine.hotstart: off", "set engine.hotstart: tentative"]),
+    ("engine:\n  tracking:\n    association: 0.2\n", "association", "engine.tracking.association",
+     ["unknown key 'association'", "did you mean 'association_iou'?"]),
+    ("engine:\n  fill_hole: false\n", "fill_hole", "engine.fill_hole", ["did you mean 'fill_holes'?"]),
+    ("engine:\n  hotstart: later\n", "hotstart", "engine.hotstart", ["'tentative'", "'off'"]),
+])
+def test_bad_engine_knobs_name_the_field_and_the_fix(tmp_path, engine, needle, field, fragments):
+    text = BASE + engine
+    error = _error(tmp_path, text)
+    line = next(i + 1 for i, row in enumerate(text.splitlines()) if needle in row)
+    assert str(error).startswith(f"{tmp_path / 'job.yaml'}:{line}: {field}: "), str(error)
+    for fragment in fragments:
+        assert fragment in error.problem, (fragment, str(error))
