@@ -32,8 +32,8 @@ from sam3_runtime.video.propagation import (
     propagate,
     tracker_features,
 )
-from sam3_runtime.video.session import PromptedObject, TrackerSession
-from sam3_runtime.video.types import BOX_CONCEPT, EngineOptions, FrameResult, TrackedObject
+from sam3_runtime.video.session import AppliedPlan, PromptedObject, TrackerSession
+from sam3_runtime.video.types import PROMPTED_CONCEPT, EngineOptions, FrameResult, TrackedObject
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,9 @@ class StreamingEngine:
         (the new-object threshold keeps its ratio to it: 0.5 -> 0.7 becomes 0.25 -> 0.35)."""
         if stream_id in self._sessions:
             raise SessionError(f"session {stream_id!r} is already open: close it first or use another stream id")
-        session = TrackerSession(stream_id=stream_id, memory=ObjectMemory.for_model(self.model, device=self.device))
-        if detection_threshold is not None:
-            session.video = with_detection_threshold(self.video, detection_threshold)
-        self._sessions[stream_id] = session
+        video = with_detection_threshold(self.video, detection_threshold) if detection_threshold is not None else None
+        memory = ObjectMemory.for_model(self.model, device=self.device)
+        self._sessions[stream_id] = TrackerSession(stream_id=stream_id, memory=memory, video=video)
         for c in concepts:
             self.add_concept(stream_id, c)
 
@@ -93,61 +92,29 @@ class StreamingEngine:
 
     def add_concept(self, stream_id: str, concept: str) -> int:
         """Start detecting ``concept`` on the stream; other tracks keep their ids. Returns its prompt id."""
-        session = self._session(stream_id)
-        text = concept.strip()
-        if not text:
-            raise ValueError("empty concept: give a noun phrase such as 'forklift'")
-        if session.concept_id(text) is not None:
-            return session.concept_id(text)
-        pid = session.next_prompt_id
-        session.concepts[pid] = text
-        session.next_prompt_id += 1
-        return pid
+        return self._session(stream_id).add_concept(concept)
 
     def remove_concept(self, stream_id: str, concept: str) -> list[int]:
         """Stop detecting ``concept`` and drop its tracks; returns the removed track ids."""
-        session = self._session(stream_id)
-        pid = session.concept_id(concept.strip())
-        if pid is None:
-            raise ValueError(f"stream {stream_id!r} has no concept {concept!r}; it has {sorted(session.concepts.values())}")
-        del session.concepts[pid]
-        mine = session.table.prompt_ids == pid
-        removed = session.table.obj_ids[mine].tolist()
-        session.table, keep = _without_rows(session.table, mine)
-        session.drop_table_rows(keep)
-        return removed
+        return self._session(stream_id).remove_concept(concept)
 
     def add_box(self, stream_id: str, box_xyxy: Sequence[float]) -> int:
         """Track the object in ``box_xyxy`` (pixels) from the stream's next frame on; returns its track id."""
         box = tuple(float(v) for v in box_xyxy)
         if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
             raise ValueError(f"box {list(box)} has no area: give x0, y0, x1, y1 with x1 > x0 and y1 > y0")
-        return self._queue(stream_id, box_xyxy=box)
+        return self._session(stream_id).queue_prompt(box_xyxy=box)
 
     def add_points(self, stream_id: str, points: Sequence[Sequence[float]], labels: Sequence[int]) -> int:
         """Track the object clicked at ``points`` (pixels; label 1 on it, 0 off it) from the next frame on."""
         pts = tuple((float(x), float(y)) for x, y in points)
         if not pts or len(pts) != len(labels) or any(lb not in (0, 1) for lb in labels):
             raise ValueError("give one or more points with one label each: 1 = on the object, 0 = background")
-        return self._queue(stream_id, points=pts, point_labels=tuple(int(v) for v in labels))
+        return self._session(stream_id).queue_prompt(points=pts, point_labels=tuple(int(v) for v in labels))
 
     def remove_object(self, stream_id: str, track_id: int) -> None:
-        session = self._session(stream_id)
-        if track_id in session.box_ids:
-            session.remove_box_objects({track_id})
-            return
-        rows = session.table.obj_ids == track_id
-        if not bool(rows.any()):
-            session.pending = [p for p in session.pending if p.track_id != track_id]
-            return
-        session.table, keep = _without_rows(session.table, rows)
-        session.drop_table_rows(keep)
-
-    def _queue(self, stream_id: str, **prompt) -> int:
-        session = self._session(stream_id)
-        track_id = session.allocate_track_id()
-        session.pending.append(PromptedObject(track_id=track_id, **prompt))
-        return track_id
+        """Stop tracking one object (prompted, detected or still queued); an unknown id is ignored."""
+        self._session(stream_id).remove_object(track_id)
 
     def _session(self, stream_id: str) -> TrackerSession:
         try:
@@ -188,25 +155,26 @@ class StreamingEngine:
         tracked = self._propagate(feats, sessions)
 
         plans: list[FramePlan] = []
+        applied: list[AppliedPlan] = []
         for session, det, (masks, scores, _) in zip(sessions, detections, tracked, strict=True):
             n = len(session.table)
-            plan, session.table = plan_frame(
+            plan, table = plan_frame(
                 session.table, session.frame_index, det.masks, det.scores, det.prompt_ids,
                 masks[:n, 0], scores[:n, 0], session.video or self.video,
                 hotstart_mode=self.options.hotstart_mode, fill_hole_masks=self.options.fill_holes,
                 evict_after_frames=self.options.evict_after_frames,
             )
-            session.drop_table_rows(plan.keep_rows)
+            applied.append(session.apply_plan(plan, table))
             plans.append(plan)
 
-        self._commit_tracked(feats, sessions, plans, tracked)
-        self._start_detected(feats, sessions, plans, detections)
+        self._commit_tracked(feats, sessions, plans, applied, tracked)
+        self._start_detected(feats, sessions, plans, applied, detections)
         prompted = self._start_prompted(feats, sessions)
 
         results = {}
         for f, (session, frame) in enumerate(batch):
             results[session.stream_id] = self._output(session, frame, plans[f], tracked[f], prompted[f])
-            session.frame_index += 1
+            session.advance_frame()
         return results
 
     def _detect(self, vision, sessions: list[TrackerSession]) -> list[Detections]:
@@ -243,12 +211,12 @@ class StreamingEngine:
     def _propagate(self, feats: TrackerFrameFeatures, sessions: list[TrackerSession]):
         """Every object of every session onto its frame: per session (mask logits [N, 1, h, w],
         object score logits [N, 1], object pointers [N, C]), concept objects first, then prompted ones."""
-        counts = [len(s.concept_rows) + len(s.box_rows) for s in sessions]
+        counts = [len(s.concept_rows) + len(s.prompted_rows) for s in sessions]
         size = self._mask_size()
         if sum(counts) == 0:
             return [(torch.zeros(0, 1, *size, device=self.device), torch.zeros(0, 1, device=self.device), None)
                     for _ in sessions]
-        entries = [(s.memory, s.concept_rows + s.box_rows, s.frame_index) for s in sessions]
+        entries = [(s.memory, s.concept_rows + s.prompted_rows, s.frame_index) for s in sessions]
         frame_index = torch.repeat_interleave(torch.arange(len(sessions)), torch.tensor(counts))
         out = propagate(self.model, feats, frame_index, entries)
         masks = out.low_res_masks.float().split(counts)
@@ -256,27 +224,28 @@ class StreamingEngine:
         pointers = out.object_pointer.split(counts)
         return list(zip(masks, scores, pointers, strict=True))
 
-    def _commit_tracked(self, feats, sessions, plans, tracked) -> None:
+    def _commit_tracked(self, feats, sessions, plans, applied, tracked) -> None:
         """Memories of this frame for objects that were tracked onto it (one batched encoder pass)."""
         masks, scores, pointers, targets, frames, cond = [], [], [], [], [], []
-        for f, (session, plan, (trk_masks, trk_scores, trk_ptrs)) in enumerate(zip(sessions, plans, tracked, strict=True)):
+        for f, (session, plan, rows, (trk_masks, trk_scores, trk_ptrs)) in enumerate(
+                zip(sessions, plans, applied, tracked, strict=True)):
             keep = plan.keep_rows.to(self.device)
-            n_box = len(session.box_rows)
-            n_cpt = trk_masks.shape[0] - n_box
+            n_prompted = len(session.prompted_rows)
+            n_cpt = trk_masks.shape[0] - n_prompted
             if keep.numel():
                 masks.append(plan.memory_masks.to(self.device)[keep, None].float())
                 scores.append(plan.memory_score_logits.to(self.device)[keep, None].float())
                 pointers.append(trk_ptrs[:n_cpt][keep])
                 cond.append(torch.isin(plan.keep_rows, plan.recondition_rows))
-                targets.append((session.memory, list(session.concept_rows), session.frame_index))
+                targets.append((session.memory, rows.kept_rows, session.frame_index))
                 frames.append(torch.full((keep.numel(),), f))
-            if n_box:
+            if n_prompted:
                 masks.append(trk_masks[n_cpt:])
                 scores.append(trk_scores[n_cpt:])
                 pointers.append(trk_ptrs[n_cpt:])
-                cond.append(torch.zeros(n_box, dtype=torch.bool))
-                targets.append((session.memory, list(session.box_rows), session.frame_index))
-                frames.append(torch.full((n_box,), f))
+                cond.append(torch.zeros(n_prompted, dtype=torch.bool))
+                targets.append((session.memory, list(session.prompted_rows), session.frame_index))
+                frames.append(torch.full((n_prompted,), f))
         if not targets:
             return
         size = self._mask_size()
@@ -284,22 +253,20 @@ class StreamingEngine:
         commit_memories(self.model, feats, torch.cat(frames), torch.cat(masks), torch.cat(scores), torch.cat(pointers),
                         targets, is_conditioning=torch.cat(cond), binarize=False)
 
-    def _start_detected(self, feats, sessions, plans, detections) -> None:
+    def _start_detected(self, feats, sessions, plans, applied, detections) -> None:
         """New objects from this frame's detections: initialised from their masks, memory committed.
 
         Their output on this frame is the detection mask (``FramePlan.out_masks``), as in SAM 3.
         """
         masks, frames, targets = [], [], []
-        for f, (session, plan, det) in enumerate(zip(sessions, plans, detections, strict=True)):
+        for f, (session, plan, rows, det) in enumerate(zip(sessions, plans, applied, detections, strict=True)):
             k = plan.new_det_indices.numel()
             if k == 0:
                 continue
-            rows = session.memory.add_objects(k)
-            session.concept_rows.extend(rows)
             # the reference starts a track from its detection mask thresholded at logit 0.5
             masks.append((det.masks[plan.new_det_indices.to(self.device)] >= 0.5).float()[:, None])
             frames.append(torch.full((k,), f))
-            targets.append((session.memory, rows, session.frame_index))
+            targets.append((session.memory, rows.new_rows, session.frame_index))
         if not targets:
             return
         out = add_objects_from_masks(self.model, feats, torch.cat(frames), torch.cat(masks))
@@ -313,7 +280,7 @@ class StreamingEngine:
         started: list[list[tuple[int, torch.Tensor, float]]] = [[] for _ in sessions]
         for f, session in enumerate(sessions):
             h, w = session.frame_size
-            for prompt in session.pending:
+            for prompt in session.take_pending():
                 points, labels = _prompt_points(prompt, w, h, scale)
                 out = tracker.decode_masks(
                     tracker.no_memory_features(feats.features[f : f + 1]),
@@ -322,30 +289,27 @@ class StreamingEngine:
                     multimask_output=tracker.use_multimask(is_init_cond_frame=True, num_points=points.shape[1]),
                     return_high_res_masks=True,
                 )
-                [row] = session.memory.add_objects(1)
+                row = session.start_prompted(prompt.track_id)
                 commit_memories(self.model, feats, [f], out.high_res_masks, out.object_score_logits, out.object_pointer,
                                 [(session.memory, [row], session.frame_index)], is_conditioning=True, binarize=True)
-                session.box_ids.append(prompt.track_id)
-                session.box_rows.append(row)
                 started[f].append((prompt.track_id, out.low_res_masks.float(), float(out.object_score_logits.sigmoid())))
-            session.pending = []
         return started
 
     def _output(self, session, frame, plan: FramePlan, tracked, prompted) -> FrameResult:
         h, w = frame.shape[:2]
         trk_masks, trk_scores, _ = tracked
-        n_box = len(session.box_ids) - len(prompted)
-        box_masks = trk_masks[trk_masks.shape[0] - n_box:] if n_box else trk_masks[:0]
+        n_prompted = len(session.prompted_ids) - len(prompted)
+        prompted_masks = trk_masks[trk_masks.shape[0] - n_prompted:] if n_prompted else trk_masks[:0]
         visible = plan.out_visible
-        ids = plan.out_obj_ids[visible].tolist() + session.box_ids
+        ids = plan.out_obj_ids[visible].tolist() + session.prompted_ids
         concepts = [session.concepts.get(int(p), "?") for p in plan.out_prompt_ids[visible].tolist()]
-        concepts += [BOX_CONCEPT] * len(session.box_ids)
-        groups = plan.out_prompt_ids[visible].tolist() + [-1] * len(session.box_ids)
-        box_probs = trk_scores[trk_scores.shape[0] - n_box:, 0].sigmoid().tolist() if n_box else []
-        scores = plan.out_scores[visible].tolist() + box_probs + [p for _, _, p in prompted]
-        tracker_scores = plan.out_tracker_scores[visible].tolist() + box_probs + [p for _, _, p in prompted]
-        tentative = plan.out_tentative[visible].tolist() + [False] * len(session.box_ids)
-        low_res = torch.cat([plan.out_masks.to(self.device)[visible.to(self.device)].float()[:, None], box_masks,
+        concepts += [PROMPTED_CONCEPT] * len(session.prompted_ids)
+        groups = plan.out_prompt_ids[visible].tolist() + [-1] * len(session.prompted_ids)
+        prompted_probs = trk_scores[trk_scores.shape[0] - n_prompted:, 0].sigmoid().tolist() if n_prompted else []
+        scores = plan.out_scores[visible].tolist() + prompted_probs + [p for _, _, p in prompted]
+        tracker_scores = plan.out_tracker_scores[visible].tolist() + prompted_probs + [p for _, _, p in prompted]
+        tentative = plan.out_tentative[visible].tolist() + [False] * len(session.prompted_ids)
+        low_res = torch.cat([plan.out_masks.to(self.device)[visible.to(self.device)].float()[:, None], prompted_masks,
                              *[m for _, m, _ in prompted]]) if ids else None
         result = FrameResult(session.stream_id, session.frame_index, width=w, height=h,
                              retracted_ids=plan.removed_obj_ids.tolist(), evicted_ids=plan.evicted_obj_ids.tolist())
@@ -386,27 +350,7 @@ def _check_frame(session: TrackerSession, frame: np.ndarray) -> None:
     size = frame.shape[:2]
     if min(size) == 0:
         raise ValueError(f"stream {session.stream_id!r}: empty frame {tuple(frame.shape)}")
-    if session.frame_size is None:
-        session.frame_size = size
-    elif session.frame_size != size:
-        raise ValueError(
-            f"stream {session.stream_id!r}: frame is {size[1]}x{size[0]} but the stream's frames are "
-            f"{session.frame_size[1]}x{session.frame_size[0]}; open a new session for another resolution"
-        )
-
-
-def _without_rows(table, drop: torch.Tensor):
-    """The table without rows where ``drop`` is True, and the kept old-row indices."""
-    keep = torch.nonzero(~drop).flatten()
-    fields = {}
-    for fld in dataclasses.fields(table):
-        v = getattr(table, fld.name)
-        if isinstance(v, torch.Tensor) and v.dim() == 2:
-            v = v[keep][:, keep]
-        elif isinstance(v, torch.Tensor):
-            v = v[keep]
-        fields[fld.name] = v
-    return type(table)(**fields), keep
+    session.accept_frame_size(size)
 
 
 def _prompt_points(prompt: PromptedObject, w: int, h: int, scale: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,6 +42,7 @@ Streaming is forward-only: the reference's ``reverse`` propagation is not mirror
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -90,7 +91,9 @@ class MaskletTable:
     next_obj_id: int = 0
 
     @classmethod
-    def empty(cls) -> MaskletTable:
+    def empty(cls, next_obj_id: int = 0) -> MaskletTable:
+        """A table with no rows whose next object gets id ``next_obj_id``."""
+
         def none(dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.zeros(0, dtype=dtype)
 
@@ -98,11 +101,34 @@ class MaskletTable:
             obj_ids=none(), prompt_ids=none(), first_frame=none(), det_score=none(torch.float32),
             tracker_score=none(torch.float32), keep_alive=none(), unmatched_frames=none(),
             dup_counts=torch.zeros(0, 0, dtype=torch.long), last_occluded=none(), confirmed=none(torch.bool),
-            absent_frames=none(),
+            absent_frames=none(), next_obj_id=next_obj_id,
         )
 
     def __len__(self) -> int:
         return self.obj_ids.shape[0]
+
+    def with_allocated_id(self) -> tuple[MaskletTable, int]:
+        """This table with ``next_obj_id`` advanced past the returned id (for objects kept outside the table)."""
+        return dataclasses.replace(self, next_obj_id=self.next_obj_id + 1), self.next_obj_id
+
+    def without_rows(self, drop: torch.Tensor) -> tuple[MaskletTable, torch.Tensor]:
+        """This table without the rows where ``drop`` ([N] bool) is True, and the kept old-row indices.
+
+        Every per-object tensor loses the same rows (``dup_counts`` its rows and columns), so the
+        rows stay aligned; ``next_obj_id`` is kept, as ids are never reused.
+        """
+        if drop.shape != (len(self),):
+            raise ValueError(f"drop mask {tuple(drop.shape)} does not match a table of {len(self)} rows")
+        keep = torch.nonzero(~drop).flatten()
+        fields = {}
+        for fld in dataclasses.fields(self):
+            v = getattr(self, fld.name)
+            if isinstance(v, torch.Tensor) and v.dim() == 2:
+                v = v[keep][:, keep]
+            elif isinstance(v, torch.Tensor):
+                v = v[keep]
+            fields[fld.name] = v
+        return MaskletTable(**fields), keep
 
 
 @dataclass(frozen=True)

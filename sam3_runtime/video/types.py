@@ -7,8 +7,9 @@ from typing import Literal
 
 import numpy as np
 
-# Objects created from a box or point prompt rather than a concept carry this concept name.
-BOX_CONCEPT = "box"
+# The concept name of objects started from a box or point prompt rather than a concept; it is
+# "box" for both because records and their consumers already read that value.
+PROMPTED_CONCEPT = "box"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 from operators.synthetic import synthetic_frame
 from sam3_runtime.model import load_model, write_random_checkpoint
 from sam3_runtime.video.engine import SessionError, StreamingEngine
-from sam3_runtime.video.types import BOX_CONCEPT, EngineOptions
+from sam3_runtime.video.types import PROMPTED_CONCEPT, EngineOptions
 
 SIZE = (160, 120)
 
@@ -70,7 +70,7 @@ def test_box_prompt_keeps_its_id_and_concepts_come_and_go(loaded):
     for i in range(3):
         r = eng.step({"s": _frame(i)})["s"]
         control.step({"s": _frame(i)})
-        assert [o.track_id for o in r.objects if o.concept == BOX_CONCEPT] in ([box_id], [])
+        assert [o.track_id for o in r.objects if o.concept == PROMPTED_CONCEPT] in ([box_id], [])
     # adding a concept leaves the other tracks as they would have been: the same masks and
     # scores, and the same ids for every track that existed before (new tracks of the old
     # concept get other ids, since the new concept's tracks draw from the same counter)
