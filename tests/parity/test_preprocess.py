@@ -137,15 +137,14 @@ def test_layout_range_and_channel_order():
     torch.testing.assert_close(got, expected[:, :, None, None].expand_as(got), rtol=0, atol=1e-6)
 
 
-def test_top_left_stays_top_left():
-    """A bright top-left quadrant lands top-left: rows are rows and columns are columns."""
+def test_rows_stay_rows_and_columns_stay_columns():
+    """A bright strip along the top (a quarter of the height, two thirds of the width) stays there."""
     image = np.zeros((40, 90, 3), dtype=np.uint8)
-    image[:20, :45] = 255
+    image[:10, :60] = 255
     got = to_model_input([image], 32, "cpu", torch.float32)[0]
-    # away from the edge the filter blurs: quadrants of 14 x 14 output pixels are pure
-    quadrants = [got[:, :14, :14], got[:, :14, 18:], got[:, 18:, :14], got[:, 18:, 18:]]
-    assert [round(q.min().item(), 5) for q in quadrants] == [1, -1, -1, -1]
-    assert [round(q.max().item(), 5) for q in quadrants] == [1, -1, -1, -1]
+    # it covers output rows 0 - 7 and columns 0 - 21; the filter blurs a pixel or two around that
+    inside, below, right = got[:, :6, :19], got[:, 10:, :], got[:, :, 24:]
+    assert inside.min() > 0.9999 and below.max() < -0.9999 and right.max() < -0.9999
 
 
 def test_frames_of_different_sizes_batch_and_tensor_input_agree():
