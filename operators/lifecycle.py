@@ -24,8 +24,10 @@ qualifying streak began. Ended tracks are dropped, so memory stays proportional 
 
 Identity: ``track_id`` in the output is a durable stream-level id. A new engine id keeps its own
 number when that number has never been issued on this stream, otherwise it gets the next unused
-number; ids are never reused. After an engine restart, :meth:`StreamTracks.relink` maps the new
-session's engine ids onto the durable ids they continue.
+number; ids are never reused. The table remembers each live track's last box (its relink memory,
+saved with the table): after an engine restart, :meth:`StreamTracks.relink_by_boxes` hands the
+new session's objects the durable ids of the tracks they overlap, and :meth:`StreamTracks.relink`
+applies such a mapping of new engine ids onto the durable ids they continue.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ from typing import Any, Literal
 import numpy as np
 
 from operators.records import Event, TrackObservation
+from operators.relink import Box, match_tracks
 from sam3_runtime.masks import encode_rle
 from sam3_runtime.video.types import FrameResult, TrackedObject
 
 logger = logging.getLogger(__name__)
 
 ZoneAnchor = Literal["centroid", "box_center", "box_bottom"]
+STATE_VERSION = 2  # of state_dict(); 2 added each track's last box
 _TIME_EPS_S = 1e-6  # pts differences are sums of float frame times
 
 
@@ -80,6 +84,11 @@ def _rule(rule: Any) -> _Rule:
             )
         zones.append(poly)
     return _Rule(concept, threshold, min_frames, min_seconds, tuple(zones))
+
+
+def _box(values: Iterable[float]) -> Box:
+    x0, y0, x1, y1 = (float(v) for v in values)
+    return x0, y0, x1, y1
 
 
 def _inside(poly: np.ndarray, x: float, y: float) -> bool:
@@ -123,6 +132,7 @@ class _Track:
     max_score: float = -math.inf
     best_frame: int = -1
     observations: int = 0
+    last_box: Box | None = None  # where the engine last saw it, qualifying or not: the relink memory
 
 
 def stream_event(
@@ -195,6 +205,22 @@ class StreamTracks:
         self._by_engine[engine_id] = track
         return track
 
+    def last_boxes(self) -> dict[int, tuple[str, Box]]:
+        """``{durable id: (concept, last box)}`` of the live tracks (candidates included) seen so far."""
+        return {d: (t.concept, t.last_box) for d, t in self._live.items() if t.last_box is not None}
+
+    def relink_by_boxes(self, objects: Iterable[TrackedObject], min_iou: float = 0.3) -> dict[int, int]:
+        """Start a new engine session from the objects of its first result, before :meth:`update`.
+
+        Each new object of a live track's concept whose box overlaps that track's last box takes
+        its durable id (best overlaps first, see ``match_tracks``); then :meth:`relink` applies it.
+        Returns the mapping, new engine id -> durable id.
+        """
+        new = [(o.track_id, o.concept, o.box_xyxy) for o in objects]
+        mapping = match_tracks(self.last_boxes(), new, min_iou=min_iou)
+        self.relink(mapping)
+        return mapping
+
     def relink(self, mapping: Mapping[int, int]) -> None:
         """Start a new engine session: ``mapping`` gives new engine id -> durable id it continues.
 
@@ -223,10 +249,10 @@ class StreamTracks:
                 track.engine_id = int(engine_id)
                 self._by_engine[int(engine_id)] = track
 
-    # -- checkpoint -----------------------------------------------------------------------------
+    # -- resume point ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The table as plain JSON-able data: the id counter and every live track's history.
+        """The table as plain JSON-able data: the id counter and every live track's history and last box.
 
         Engine ids are left out: they belong to an engine session, which does not outlive the
         stream that restores this state. After :meth:`load_state_dict` the tracks wait for
@@ -237,17 +263,23 @@ class StreamTracks:
             fields = dataclasses.asdict(track)
             del fields["engine_id"]
             fields["max_score"] = None if track.max_score == -math.inf else track.max_score
+            fields["last_box"] = None if track.last_box is None else list(track.last_box)
             tracks.append(fields)
-        return {"version": 1, "stream_id": self.stream_id, "next_id": self._next_id, "tracks": tracks}
+        return {"version": STATE_VERSION, "stream_id": self.stream_id, "next_id": self._next_id, "tracks": tracks}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict` output (same stream); replaces the whole table."""
-        if state.get("version") != 1 or state.get("stream_id") != self.stream_id:
+        """Continue from :meth:`state_dict` output (same stream); replaces the whole table.
+
+        Version 1 (before the table kept last boxes) loads too; its tracks have a last box only
+        where the caller added one.
+        """
+        if state.get("version") not in (1, STATE_VERSION) or state.get("stream_id") != self.stream_id:
             raise ValueError(f"state of stream {state.get('stream_id')!r} (version {state.get('version')}) cannot be "
-                             f"loaded into stream {self.stream_id!r}: resume a stream only from its own checkpoint")
+                             f"loaded into stream {self.stream_id!r}: resume a stream only from its own resume point")
         live = {}
         for fields in state["tracks"]:
-            track = _Track(**{**fields, "engine_id": None})
+            box = fields.get("last_box")
+            track = _Track(**{**fields, "engine_id": None, "last_box": None if box is None else _box(box)})
             track.max_score = -math.inf if track.max_score is None else track.max_score
             if track.concept not in self.rules:
                 continue  # the watchlist lost this concept: the track is not followed any more
@@ -285,6 +317,7 @@ class StreamTracks:
                 continue
             track = self._by_engine.get(obj.track_id) or self._new_track(obj.track_id, obj.concept)
             present.add(track.durable_id)
+            track.last_box = _box(obj.box_xyxy)
             qualifies = obj.score >= rule.threshold and self._in_zones(obj, rule)
             if not track.published:
                 if not qualifies:
@@ -398,7 +431,7 @@ class StreamTracks:
         return stream_event("stream_error", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error, **details)
 
     def stream_resume(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
-        """The stream carries on from its checkpoint at ``frame_index`` after its process died."""
+        """The stream carries on from its resume point at ``frame_index`` after its process died."""
         return stream_event("stream_resume", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, **details)
 
     def stream_reconnect(

@@ -1,13 +1,15 @@
 """Re-linking identities after an engine restart: new engine tracks onto the stream's durable ids.
 
-A restarted engine re-acquires the objects it was tracking but numbers them afresh. The stream
-remembers each live track's concept and last box; a new track of the same concept whose box
+A restarted engine re-acquires the objects it was tracking but numbers them afresh. The stream's
+track table remembers each live track's concept and last box; a new track of the same concept whose box
 overlaps a remembered one (IoU >= ``min_iou``) takes that track's durable id, best overlaps first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
 
 
 def box_iou(a, b) -> float:
@@ -19,8 +21,8 @@ def box_iou(a, b) -> float:
 
 
 def match_tracks(
-    remembered: dict[int, tuple[str, tuple[float, float, float, float]]],
-    new: Iterable[tuple[int, str, tuple[float, float, float, float]]],
+    remembered: dict[int, tuple[str, Box]],
+    new: Iterable[tuple[int, str, Box]],
     min_iou: float = 0.3,
 ) -> dict[int, int]:
     """``{new engine id: durable id}`` by greedy box IoU within each concept."""

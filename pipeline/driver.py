@@ -21,20 +21,22 @@ from dataclasses import dataclass
 
 import ray
 
+from operators.resume_point import StreamState
 from pipeline.exit_codes import ExitCode
 from pipeline.metrics import JobMetrics
 from pipeline.progress import JobProgress, summary_table
+from pipeline.stream_stats import StreamCounters, StreamStats
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
-STREAM_RESTARTS = 3  # a stream actor that dies is restored from its checkpoint this many times
+STREAM_RESTARTS = 3  # a stream actor that dies is resumed from its latest resume point this many times
 
 
 @dataclass
 class JobResult:
     exit_code: int
-    streams: dict[str, dict]  # per stream: its final counters, state, error and outputs
+    streams: dict[str, StreamStats]  # per stream: its final counters, state, error and outputs
 
 
 @dataclass
@@ -49,20 +51,20 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             on_started: Callable[[JobActors], None] | None = None, resume: bool = False) -> JobResult:
     """Run a job file to its end. ``on_started`` gets the actors once streams run (tests, tools).
 
-    ``resume`` carries each stream on from the checkpoint a previous run of the job left beside
+    ``resume`` carries each stream on from the resume point a previous run of the job left beside
     its Parquet dataset; streams that had finished are not run again.
     """
     from operators.broker import resolve_bootstrap
-    from pipeline.checkpoints import CheckpointStore, checkpoint_dir
     from pipeline.engine_actor import EngineActor, EngineSettings
     from pipeline.jobspec import load_job
+    from pipeline.resume_store import ResumeStore, resume_dir
     from pipeline.stream_actor import StreamActor
 
     job = load_job(job_path)  # JobSpecError (exit 2) before anything starts
     if resume and job.sinks.parquet is None:
-        raise ValueError(f"{job_path}: --resume needs sinks.parquet: the stream checkpoints are kept beside the "
-                         "Parquet dataset they count")
-    store = CheckpointStore(checkpoint_dir(job))
+        raise ValueError(f"{job_path}: --resume needs sinks.parquet: the streams' resume points are kept beside "
+                         "the Parquet dataset they count")
+    store = ResumeStore(resume_dir(job))
     saved = {spec.id: store.load(spec.id) for spec in job.streams} if resume else {}
     stop = threading.Event()
     with ExitStack() as cleanup:
@@ -107,11 +109,14 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                            job.model.checkpoint, REAL_CHECKPOINT_HINT, job_path)
 
         load = dict.fromkeys(engines, 0)
-        streams, runs, finals = {}, {}, {}
+        streams: dict = {}
+        runs: dict = {}
+        finals: dict[str, StreamStats] = {}
         for spec in job.streams:
-            if saved.get(spec.id) is not None and saved[spec.id].state == "finished":
+            point = saved.get(spec.id)
+            if point is not None and point.state is StreamState.FINISHED:
                 logger.info("stream %s finished in an earlier run; not run again", spec.id)
-                finals[spec.id] = {"stream_id": spec.id, **saved[spec.id].counters, "state": "finished"}
+                finals[spec.id] = StreamStats(spec.id, StreamState.FINISHED, StreamCounters.from_saved(point.counters))
                 continue
             name = min(load, key=load.get)  # least-loaded engine
             load[name] += 1
@@ -134,17 +139,17 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                 ready, _ = ray.wait(list(pending.values()), timeout=POLL_S, num_returns=len(pending))
                 for ref in ready:
                     sid = next(k for k, v in pending.items() if v == ref)
-                    outcome = _result(ref, sid)
-                    if outcome.get("actor_died") and restarts[sid] < STREAM_RESTARTS and not stopping:
+                    outcome, actor_died = _ended(ref, sid)
+                    if actor_died and restarts[sid] < STREAM_RESTARTS and not stopping:
                         restarts[sid] += 1
-                        logger.warning("stream %s: its actor died (%s); restoring it from %s (restart %d of %d)", sid,
-                                       outcome["error"], _describe(store.get(sid)), restarts[sid], STREAM_RESTARTS)
+                        logger.warning("stream %s: its actor died (%s); resuming it from %s (restart %d of %d)", sid,
+                                       outcome.error, _describe(store.get(sid)), restarts[sid], STREAM_RESTARTS)
                         pending[sid] = streams[sid].run.remote(resume=store.get(sid), restart=restarts[sid])
                         continue
                     finals[sid] = outcome
                     del pending[sid]
-                    _poll_checkpoints(streams, [sid], store)  # its final one: where a --resume would go on
-                _poll_checkpoints(streams, pending, store)
+                    _poll_resume_points(streams, [sid], store)  # its final one: where a --resume would go on
+                _poll_resume_points(streams, pending, store)
                 snapshot = _poll(streams, finals)
                 engine_stats = _poll_engines(engines)
                 metrics.update(snapshot, engine_stats)
@@ -156,9 +161,9 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                     for sid in pending:
                         streams[sid].stop.remote()
         summary_table(job, finals)
-        failed = [sid for sid, s in finals.items() if s.get("state") == "failed"]
+        failed = [sid for sid, s in finals.items() if s.state is StreamState.FAILED]
         for sid in failed:
-            logger.error("stream %s failed: %s", sid, finals[sid].get("error"))
+            logger.error("stream %s failed: %s", sid, finals[sid].error)
         return JobResult(ExitCode.PARTIAL if failed else ExitCode.OK, finals)
 
 
@@ -176,17 +181,18 @@ def _check_resources(job, job_path: str, use_gpu: bool) -> None:
                          f"{gpus:g}; set engine.replicas to at most {gpus:g}, or model.device: cpu")
 
 
-def _result(ref, sid: str) -> dict:
+def _ended(ref, sid: str) -> tuple[StreamStats, bool]:
+    """A finished ``run`` call's final stats, and whether the stream actor itself died (then it may be resumed)."""
     try:
-        return ray.get(ref)
-    except ray.exceptions.RayActorError as e:  # the stream actor itself died
-        return {"stream_id": sid, "state": "failed", "error": f"stream actor died: {e}", "actor_died": True}
+        return ray.get(ref), False
+    except ray.exceptions.RayActorError as e:
+        return StreamStats(sid, StreamState.FAILED, error=f"stream actor died: {e}"), True
     except Exception as e:
-        return {"stream_id": sid, "state": "failed", "error": f"stream actor failed: {e}"}
+        return StreamStats(sid, StreamState.FAILED, error=f"stream actor failed: {e}"), False
 
 
-def _describe(checkpoint) -> str:
-    return "the stream's start" if checkpoint is None else f"its checkpoint at frame {checkpoint.frame_index}"
+def _describe(point) -> str:
+    return "the stream's start" if point is None else f"its resume point at frame {point.frame_index}"
 
 
 def _gather(refs: dict) -> dict:
@@ -200,14 +206,14 @@ def _gather(refs: dict) -> dict:
     return out
 
 
-def _poll_checkpoints(streams: dict, stream_ids, store) -> None:
-    """Keep the streams' latest checkpoints in the driver, where they outlive the stream actors."""
-    for checkpoint in _gather({sid: streams[sid].checkpoint.remote() for sid in stream_ids}).values():
-        if checkpoint is not None:
-            store.put(checkpoint)
+def _poll_resume_points(streams: dict, stream_ids, store) -> None:
+    """Keep the streams' latest resume points in the driver, where they outlive the stream actors."""
+    for point in _gather({sid: streams[sid].resume_point.remote() for sid in stream_ids}).values():
+        if point is not None:
+            store.put(point)
 
 
-def _poll(streams: dict, finals: dict[str, dict]) -> dict[str, dict]:
+def _poll(streams: dict, finals: dict[str, StreamStats]) -> dict[str, StreamStats]:
     live = _gather({sid: a.get_stats.remote() for sid, a in streams.items() if sid not in finals})
     return {**finals, **live}
 

@@ -2,7 +2,7 @@
 
 Actors keep plain counters (``StreamStats``, ``EngineStats``); the driver polls them and this
 collector turns the latest snapshot into metric families at scrape time, so nothing in the
-actors depends on Prometheus. A restored stream reports its counters from its checkpoint on (a
+actors depends on Prometheus. A resumed stream reports its counters from its resume point on (a
 counter that goes back is a reset to Prometheus).
 """
 
@@ -14,11 +14,23 @@ import threading
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from pipeline.engine_actor import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS
+from operators.resume_point import StreamState
+from pipeline.engine_actor import BATCH_SIZE_BUCKETS, STEP_SECONDS_BUCKETS, EngineStats
+from pipeline.stream_stats import StreamStats
 
 logger = logging.getLogger(__name__)
 
-STREAM_STATES = ("starting", "running", "reconnecting", "finished", "failed", "stopped")
+STREAM_COUNTERS = {  # StreamCounters field -> what it counts
+    "frames_decoded": "Frames decoded from the source",
+    "frames_processed": "Frames processed by the engine",
+    "frames_dropped": "Live frames dropped because the engine fell behind",
+    "records": "Track observations published",
+    "events": "Events published",
+    "sink_errors": "Sink write failures",
+    "engine_restarts": "Engine failures the stream recovered from",
+    "reconnects": "Source reconnects",
+    "restarts": "Times the stream's actor died and was resumed from its resume point",
+}
 
 
 class JobMetrics:
@@ -27,11 +39,11 @@ class JobMetrics:
     def __init__(self, job: str):
         self.job = job
         self._lock = threading.Lock()
-        self._streams: dict[str, dict] = {}
-        self._engines: dict[str, object] = {}
+        self._streams: dict[str, StreamStats] = {}
+        self._engines: dict[str, EngineStats] = {}
         self._server = None
 
-    def update(self, streams: dict[str, dict], engines: dict[str, object]) -> None:
+    def update(self, streams: dict[str, StreamStats], engines: dict[str, EngineStats]) -> None:
         with self._lock:
             self._streams.update(streams)
             self._engines.update(engines)
@@ -56,28 +68,17 @@ class JobMetrics:
     def collect(self):
         with self._lock:
             streams, engines = dict(self._streams), dict(self._engines)
-        counters = {
-            "frames_decoded": "Frames decoded from the source",
-            "frames_processed": "Frames processed by the engine",
-            "frames_dropped": "Live frames dropped because the engine fell behind",
-            "records": "Track observations published",
-            "events": "Events published",
-            "sink_errors": "Sink write failures",
-            "engine_restarts": "Engine failures the stream recovered from",
-            "reconnects": "Source reconnects",
-            "restarts": "Times the stream's actor died and was restored from its checkpoint",
-        }
-        for key, doc in counters.items():
+        for key, doc in STREAM_COUNTERS.items():
             fam = CounterMetricFamily(f"sam3_stream_{key}", doc, labels=["job", "stream"])
             for sid, s in streams.items():
-                fam.add_metric([self.job, sid], s.get(key, 0))
+                fam.add_metric([self.job, sid], getattr(s.counters, key))
             yield fam
         objects = GaugeMetricFamily("sam3_stream_objects", "Objects on the stream's latest frame", labels=["job", "stream"])
         state = GaugeMetricFamily("sam3_stream_state", "1 for the stream's current state", labels=["job", "stream", "state"])
         for sid, s in streams.items():
-            objects.add_metric([self.job, sid], s.get("objects", 0))
-            for st in STREAM_STATES:
-                state.add_metric([self.job, sid, st], 1.0 if s.get("state") == st else 0.0)
+            objects.add_metric([self.job, sid], s.objects)
+            for st in StreamState:
+                state.add_metric([self.job, sid, st.value], 1.0 if s.state is st else 0.0)
         yield objects
         yield state
         batch = HistogramMetricFamily("sam3_engine_batch_size", "Frames per engine step", labels=["job", "engine"])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from pipeline.stream_stats import StreamStats
 
 COLUMNS = ("stream", "state", "frames", "fps", "objects", "tracks", "records", "dropped", "errors")
 
@@ -27,33 +30,36 @@ class JobProgress:
         if self._live:
             self._live.__exit__(*exc)
 
-    def update(self, snapshot: dict[str, dict]) -> None:
+    def update(self, snapshot: Mapping[str, StreamStats]) -> None:
         if not self._live:
             return
         table = Table(*COLUMNS, title=f"sam3-stream: {self.job}")
         for sid, s in sorted(snapshot.items()):
-            frames = s.get("frames_processed", 0)
-            t0, f0 = self._last.get(sid, (s.get("updated", 0.0), frames))
-            dt = max(s.get("updated", 0.0) - t0, 1e-6)
-            fps = (frames - f0) / dt if dt > 1e-3 else 0.0
-            self._last[sid] = (s.get("updated", 0.0), frames)
-            table.add_row(sid, s.get("state", "?"), str(frames), f"{fps:.1f}", str(s.get("objects", 0)),
-                          str(s.get("tracks", 0)), str(s.get("records", 0)), str(s.get("frames_dropped", 0)),
-                          str(s.get("sink_errors", 0) + (1 if s.get("error") else 0)))
+            c = s.counters
+            t0, f0 = self._last.get(sid, (s.updated, c.frames_processed))
+            dt = max(s.updated - t0, 1e-6)
+            fps = (c.frames_processed - f0) / dt if dt > 1e-3 else 0.0
+            self._last[sid] = (s.updated, c.frames_processed)
+            table.add_row(sid, s.state.value, str(c.frames_processed), f"{fps:.1f}", str(s.objects), str(c.tracks),
+                          str(c.records), str(c.frames_dropped), str(c.sink_errors + (1 if s.error else 0)))
         self._live.update(table)
 
 
-def summary_table(job, finals: dict[str, dict]) -> None:
+def summary_table(job, finals: Mapping[str, StreamStats]) -> None:
     """Per stream: frames, tracks, events, errors and where the outputs are."""
     table = Table("stream", "state", "frames", "tracks", "records", "events", "errors",
                   title=f"job {job.name}: summary")
     locations: dict[str, str] = {}
     for spec in job.streams:
-        s = finals.get(spec.id, {})
-        errors = s.get("error") or (f"{s.get('sink_errors')} sink errors" if s.get("sink_errors") else "")
-        locations.update(s.get("outputs", {}))
-        table.add_row(spec.id, s.get("state", "?"), str(s.get("frames_processed", 0)), str(s.get("tracks", 0)),
-                      str(s.get("records", 0)), str(s.get("events", 0)), errors)
+        s = finals.get(spec.id)
+        if s is None:  # the job was interrupted before the stream ended
+            table.add_row(spec.id, "?", "0", "0", "0", "0", "")
+            continue
+        c = s.counters
+        errors = s.error or (f"{c.sink_errors} sink errors" if c.sink_errors else "")
+        locations.update(s.outputs)
+        table.add_row(spec.id, s.state.value, str(c.frames_processed), str(c.tracks), str(c.records), str(c.events),
+                      errors)
     console = Console()
     console.print(table)
     for sink, where in locations.items():

@@ -80,7 +80,7 @@ class ParquetSink(ClosingSink):
     Counters (plain attributes, cumulative): ``rows_written``, ``files_written``.
 
     ``run`` names this writer's files apart from other runs' (``part-<stream>-<run>-<seq>-…``), so
-    that ``rollback`` can take back exactly the files this run wrote after a checkpoint.
+    that ``rollback`` can take back exactly the files this run wrote after a resume point.
     """
 
     def __init__(self, path: str | os.PathLike, job: str, flush_rows: int = 10_000, flush_seconds: float = 5.0,
@@ -227,7 +227,7 @@ class ParquetSink(ClosingSink):
                         file.unlink(missing_ok=True)
                         deleted += 1
         if deleted:
-            logger.info("Parquet sink: took back %d files of stream %s written after its checkpoint", deleted,
+            logger.info("Parquet sink: took back %d files of stream %s written after its resume point", deleted,
                         stream_id)
         return deleted
 

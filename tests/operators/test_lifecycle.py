@@ -261,8 +261,53 @@ def test_state_dict_round_trip_continues_the_table_in_a_new_stream_instance():
     # history survived: published at frame 1, observed on frames 1, 3 and 4, best on 4
     assert end[4].duration_s == pytest.approx(0.3) and end[4].details["observations"] == 3
     assert end[4].max_score == pytest.approx(0.9) and end[4].best_frame_index == 4
-    with pytest.raises(ValueError, match="own checkpoint"):
+    with pytest.raises(ValueError, match="own resume point"):
         StreamTracks("job1", "cam2", "x", "m", [Rule("person")]).load_state_dict(state)
+
+
+def test_the_table_remembers_last_boxes_and_relinks_a_new_session_by_them():
+    tracks = make(end_after_frames=5)
+    frame(tracks, 0, [obj(0, box=(10, 10, 20, 30)), obj(1, box=(40, 10, 50, 30))])
+    frame(tracks, 1, [obj(0, box=(12, 10, 22, 30)), obj(1, box=(40, 10, 50, 30), score=0.1)])  # 1 below threshold
+    frame(tracks, 2, [obj(0, box=(14, 10, 24, 30)), obj(5, concept="dog", box=(60, 10, 70, 30))])  # 1 absent
+    # the last box where the engine saw each track, qualifying or not; concepts off the watchlist are not kept
+    assert tracks.last_boxes() == {0: ("person", (14.0, 10.0, 24.0, 30.0)), 1: ("person", (40.0, 10.0, 50.0, 30.0))}
+    # a new engine session numbers the same objects afresh; a box overlapping nothing is a newcomer
+    fresh = [obj(7, box=(41, 10, 51, 30)), obj(8, box=(15, 10, 25, 30)), obj(9, box=(70, 40, 78, 58))]
+    assert tracks.relink_by_boxes(fresh) == {7: 1, 8: 0}
+    observations, events = frame(tracks, 3, fresh)
+    assert [o.track_id for o in observations] == [1, 0, 9] and [e.track_id for e in events] == [9]
+
+
+def test_relink_memory_survives_the_state_dict_round_trip():
+    import json
+
+    from operators.resume_point import ResumePoint
+
+    tracks = make(Rule("person", min_frames=2), end_after_frames=5)
+    frame(tracks, 0, [obj(4, box=(10, 10, 20, 30)), obj(6, box=(40, 10, 50, 30))])
+    frame(tracks, 1, [obj(4, box=(12, 10, 22, 30)), obj(6, box=(42, 10, 52, 30))])
+    frame(tracks, 2, [obj(9, box=(60, 30, 70, 50))])  # an unpublished candidate is remembered too
+    state = json.loads(json.dumps(tracks.state_dict()))  # what a resume point file holds
+    restored = make(Rule("person", min_frames=2), end_after_frames=5)
+    restored.load_state_dict(state)
+    assert restored.last_boxes() == tracks.last_boxes()
+    assert set(restored.last_boxes()) == {4, 6, 9}
+    fresh = [obj(0, box=(43, 10, 53, 30)), obj(1, box=(13, 10, 23, 30))]
+    assert restored.relink_by_boxes(fresh) == {0: 6, 1: 4}
+    assert [o.track_id for o in frame(restored, 3, fresh)[0]] == [6, 4]
+
+    # the layout written before the table kept its boxes: they sat beside it in the resume point
+    old = json.loads(json.dumps(tracks.state_dict()))
+    boxes = {}
+    for t in old["tracks"]:
+        boxes[str(t["durable_id"])] = [t["concept"], t.pop("last_box")]
+    old["version"] = 1
+    text = json.dumps({"stream_id": "cam1", "frame_index": 2, "pts_s": 0.2, "tracks": old, "last_boxes": boxes})
+    from_old = make(Rule("person", min_frames=2), end_after_frames=5)
+    from_old.load_state_dict(ResumePoint.from_json(text).tracks)
+    assert from_old.last_boxes() == tracks.last_boxes()
+    assert from_old.relink_by_boxes(fresh) == {0: 6, 1: 4}
 
 
 def test_state_is_bounded_by_live_objects():

@@ -58,15 +58,15 @@ def test_frames_are_stepped_in_sequence_order(ray_session, engine_inputs):
 
 
 def test_a_restored_stream_skips_handled_file_frames_and_numbers_live_frames_on():
-    from operators.stream_checkpoint import StreamCheckpoint
+    from operators.resume_point import ResumePoint
     from operators.video_source import Frame
-    from pipeline.stream_actor import _after
+    from pipeline.decoding import frames_after
 
     image = np.zeros((2, 2, 3), np.uint8)
     frames = [Frame(index=i, source_index=i, pts_s=i / 10, image=image) for i in range(6)]
-    checkpoint = StreamCheckpoint("cam", frame_index=3, pts_s=0.3, tracks={}, last_boxes={})
-    assert [f.index for f in _after(iter(frames), checkpoint, live=False)] == [4, 5]
+    checkpoint = ResumePoint("cam", frame_index=3, pts_s=0.3, tracks={})
+    assert [f.index for f in frames_after(iter(frames), checkpoint, live=False)] == [4, 5]
     # a live source restarts its numbering when it reconnects; the stream's numbering goes on
-    live = list(_after(iter(frames[:2]), checkpoint, live=True))
+    live = list(frames_after(iter(frames[:2]), checkpoint, live=True))
     assert [f.index for f in live] == [4, 5]
     assert [f.pts_s for f in live] == pytest.approx([0.3, 0.4])

@@ -7,8 +7,10 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from operators.resume_point import StreamState
 from pipeline.engine_actor import EngineStats
 from pipeline.metrics import JobMetrics
+from pipeline.stream_stats import StreamCounters, StreamStats
 
 
 def free_port() -> int:
@@ -28,8 +30,9 @@ def test_scrape_reports_streams_and_engines_and_close_frees_the_port():
     for batch, seconds in [(1, 0.004), (4, 0.03), (4, 0.2)]:
         engine.observe(batch, seconds, objects=7)
     metrics = JobMetrics("lobby")
-    metrics.update({"cam1": {"frames_processed": 42, "frames_dropped": 3, "restarts": 1, "state": "running",
-                             "objects": 5}}, {"engine-0": engine})
+    cam1 = StreamStats("cam1", StreamState.RUNNING, StreamCounters(frames_processed=42, frames_dropped=3, restarts=1),
+                       objects=5)
+    metrics.update({"cam1": cam1}, {"engine-0": engine})
     port = free_port()
     metrics.serve(port, "127.0.0.1")
     try:

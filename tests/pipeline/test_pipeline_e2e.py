@@ -13,6 +13,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from operators.broker import EmbeddedBroker
+from operators.resume_point import StreamState
 from operators.synthetic import write_synthetic_video
 from pipeline.cli import main
 from pipeline.driver import run_job
@@ -84,9 +85,9 @@ def test_two_files_and_a_corrupt_one(ray_session, media, broker, tmp_path):
     result = run_job(str(job), show_progress=False)
     assert result.exit_code == 3
     streams = result.streams
-    assert streams["bad"]["state"] == "failed" and streams["bad"]["error"]
-    assert streams["cam-a"]["state"] == "finished" and streams["cam-a"]["frames_processed"] == 12
-    assert streams["cam-b"]["state"] == "finished" and streams["cam-b"]["frames_processed"] == 16
+    assert streams["bad"].state is StreamState.FAILED and streams["bad"].error
+    assert streams["cam-a"].state is StreamState.FINISHED and streams["cam-a"].counters.frames_processed == 12
+    assert streams["cam-b"].state is StreamState.FINISHED and streams["cam-b"].counters.frames_processed == 16
 
     tracks = ds.dataset(tmp_path / "out" / "tracks", partitioning="hive").to_table().to_pylist()
     events = ds.dataset(tmp_path / "out" / "events", partitioning="hive").to_table().to_pylist()
@@ -138,8 +139,8 @@ def test_engine_killed_mid_run(ray_session, media, broker, tmp_path):
     assert killed.is_set()
     stats = result.streams["long"]
     assert result.exit_code == 0, stats
-    assert stats["engine_restarts"] >= 1
-    assert stats["frames_processed"] == 60  # every frame made it, the ones in flight were re-sent
+    assert stats.counters.engine_restarts >= 1
+    assert stats.counters.frames_processed == 60  # every frame made it, the ones in flight were re-sent
     tracks = ds.dataset(tmp_path / "out" / "tracks", partitioning="hive").to_table().to_pylist()
     frames = sorted({r["frame_index"] for r in tracks})
     assert frames and frames[-1] >= 50  # tracks continue to the end after the restart
@@ -157,10 +158,10 @@ def test_stream_actor_killed_mid_run_resumes_from_its_checkpoint(ray_session, me
     def kill_after_a_checkpoint(actors):
         def later():
             stream = actors.streams["long"]
-            while (first := ray.get(stream.checkpoint.remote())) is None:
+            while (first := ray.get(stream.resume_point.remote())) is None:
                 time.sleep(0.05)
             time.sleep(1.5)  # the driver polls checkpoints every second; it holds this one or a later one
-            latest = ray.get(stream.checkpoint.remote())
+            latest = ray.get(stream.resume_point.remote())
             ray.kill(stream, no_restart=False)
             seen.append((first.frame_index, latest.frame_index))
 
@@ -170,8 +171,8 @@ def test_stream_actor_killed_mid_run_resumes_from_its_checkpoint(ray_session, me
     stats = result.streams["long"]
     assert result.exit_code == 0, stats
     assert seen and 0 <= seen[0][0] <= seen[0][1] < 59, seen
-    assert stats["restarts"] == 1 and stats["state"] == "finished"
-    assert stats["frames_processed"] == 60  # counted once: up to the checkpoint, then from there on
+    assert stats.counters.restarts == 1 and stats.state is StreamState.FINISHED
+    assert stats.counters.frames_processed == 60  # counted once: up to the checkpoint, then from there on
     events = ds.dataset(tmp_path / "out" / "events", partitioning="hive").to_table().to_pylist()
     resumes = [e for e in events if e["type"] == "stream_resume"]
     assert len(resumes) == 1 and seen[0][0] <= resumes[0]["frame_index"] <= seen[0][1]
@@ -206,13 +207,13 @@ def test_rtsp_stream_survives_a_server_restart(ray_session, media, broker, tmp_p
         result = run_job(str(job), max_seconds=16, show_progress=False, on_started=restart_soon)
     stats = result.streams["cam"]
     assert result.exit_code == 0, stats
-    assert stats["state"] == "stopped"
-    assert stats["reconnects"] >= 1
+    assert stats.state is StreamState.STOPPED
+    assert stats.counters.reconnects >= 1
     events = ds.dataset(tmp_path / "out" / "events", partitioning="hive").to_table().to_pylist()
     reconnects = [e for e in events if e["type"] == "stream_reconnect"]
     assert reconnects
     last_before = reconnects[0]["frame_index"]
-    assert stats["frames_processed"] > last_before + 5  # frames kept coming after the reconnect
+    assert stats.counters.frames_processed > last_before + 5  # frames kept coming after the reconnect
 
 
 @pytest.mark.parametrize(
@@ -259,14 +260,14 @@ def test_a_stopped_job_resumes_where_it_stopped_and_skips_finished_streams(ray_s
     job = _job(tmp_path, media, broker, "archive", {"long": media["long"], "short": media["a"]})
     first = run_job(str(job), max_seconds=1.5, show_progress=False)
     stopped = first.streams["long"]
-    assert first.exit_code == 0 and stopped["state"] == "stopped" and stopped["frames_processed"] < 60, stopped
+    assert first.exit_code == 0 and stopped.state is StreamState.STOPPED and stopped.counters.frames_processed < 60, stopped
     saved = json.loads((tmp_path / "out" / "_checkpoints" / "archive" / "long.json").read_text())
-    assert saved["state"] == "stopped" and saved["frame_index"] == stopped["frames_processed"] - 1
+    assert saved["state"] == "stopped" and saved["frame_index"] == stopped.counters.frames_processed - 1
 
     second = run_job(str(job), show_progress=False, resume=True)
     assert second.exit_code == 0
-    assert second.streams["long"]["state"] == "finished"
-    assert second.streams["long"]["frames_processed"] == 60  # the first run's frames, then the rest once
+    assert second.streams["long"].state is StreamState.FINISHED
+    assert second.streams["long"].counters.frames_processed == 60  # the first run's frames, then the rest once
     events = ds.dataset(tmp_path / "out" / "events", partitioning="hive").to_table().to_pylist()
     mine = [e for e in events if str(e["stream_id"]) == "long"]
     assert [e["frame_index"] for e in mine if e["type"] == "stream_resume"] == [saved["frame_index"]]
@@ -279,7 +280,7 @@ def test_a_stopped_job_resumes_where_it_stopped_and_skips_finished_streams(ray_s
 
     files = sorted(p.name for p in (tmp_path / "out").rglob("*.parquet"))
     third = run_job(str(job), show_progress=False, resume=True)  # everything finished: nothing runs again
-    assert third.exit_code == 0 and {s["state"] for s in third.streams.values()} == {"finished"}
+    assert third.exit_code == 0 and {s.state for s in third.streams.values()} == {StreamState.FINISHED}
     assert sorted(p.name for p in (tmp_path / "out").rglob("*.parquet")) == files
 
 

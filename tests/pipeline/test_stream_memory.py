@@ -28,9 +28,10 @@ from operators.lifecycle import StreamTracks
 from operators.sources import stream_frames
 from operators.synthetic import write_synthetic_video
 from operators.track_records import frame_records
+from pipeline.decoding import decode_ahead
 from pipeline.jobspec import parse_job
 from pipeline.outputs import StreamOutputs
-from pipeline.stream_actor import StreamStats, _decoded
+from pipeline.stream_stats import StreamCounters
 from sam3_runtime.video.types import FrameResult, TrackedObject
 
 SIZE = (64, 48)  # width, height
@@ -115,12 +116,12 @@ def _run_stream(tmp_path) -> tuple[list[Sample], StreamOutputs, dict[str, int]]:
     stream = job.streams[0]
     tracks = StreamTracks(job.name, stream.id, stream.source, "synthetic", job.rules_for(stream))
     outputs = StreamOutputs(job, stream.id, kafka_servers=None, run="soak")
-    stats, stop = StreamStats(stream.id), threading.Event()
+    stats, stop = StreamCounters(), threading.Event()
     counts = {"observations": 0, "track_start": 0, "track_end": 0, "records": 0}
     samples = []
     handled = 0
     source = stream_frames(stream.source, stream.fps, loop=stream.loop, should_stop=stop.is_set)
-    for frame in _decoded(source, stream.max_in_flight, stream.live, stats, stop):
+    for frame in decode_ahead(source, stream.max_in_flight, stream.live, stats, stop):
         if handled == FRAMES:
             stop.set()  # as StreamActor.stop: the decoder ends, the frames it already buffered drain
             continue
