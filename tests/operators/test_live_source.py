@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import logging
 import socket
+import sys
 import threading
 import time
 
@@ -25,6 +27,7 @@ from tests.rtsp_server import free_port, rtsp_server
 SIZE = (160, 120)
 FPS = 10.0
 FRAMES = 30  # 3 s per round of the server's loop
+HANG_GUARD_S = 60.0  # only ends a test that hangs; no test expects to wait anywhere near this long
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,45 @@ def _take(source: LiveSource, n: int) -> list:
         if len(frames) == n:
             source.stop()
     return frames
+
+
+def _finish(target, timeout_s: float = HANG_GUARD_S) -> dict:
+    """Run ``target()`` on a thread until it returns: {"value": ...} or {"error": ...}."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = target()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert not thread.is_alive(), f"{target} still running after {timeout_s} s"
+    return outcome
+
+
+class _LogEvent(logging.Handler):
+    """Sets ``seen`` when a record of ``logger`` starts with ``prefix``; keeps those records."""
+
+    def __init__(self, logger: str, prefix: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger, self.prefix = logging.getLogger(logger), prefix
+        self.seen = threading.Event()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.records.append(record)
+            self.seen.set()
+
+    def __enter__(self) -> _LogEvent:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
 
 
 def _assert_continuous(frames) -> None:
@@ -87,78 +129,131 @@ def test_fps_sampling_on_live_stream(videos):
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_reconnects_after_server_restart(videos, transport):
-    calls = []
+    calls, received, restarted = [], [], []  # received/restarted: when this test saw each frame / restarted
+
+    def reconnected(*args) -> None:
+        calls.append((*args, source.frames_emitted, time.monotonic()))
+
+    def restart() -> None:
+        restarted.append(time.monotonic())
+        server.start()
+
     with rtsp_server(videos["mp4"]) as server:
         source = LiveSource(
             server.url, transport=transport, reconnect_initial_s=0.2, reconnect_max_s=0.5,
-            open_timeout_s=2, read_timeout_s=1.0, on_reconnect=lambda *args: calls.append((*args, source.frames_emitted)),
+            open_timeout_s=2, read_timeout_s=1.0, on_reconnect=reconnected,
         )
         frames = []
         restarter = None
         for frame in source:
             frames.append(frame)
+            received.append(time.monotonic())
             if len(frames) == 5:
                 server.kill()  # a crash: no teardown, sockets just die
-                restarter = threading.Timer(1.0, server.start)
+                restarter = threading.Timer(1.0, restart)  # down for a while: the source must notice
                 restarter.start()
             if calls and len(frames) >= calls[0][3] + 6:
                 source.stop()
         restarter.join()
     _assert_continuous(frames)
     assert len(calls) == 1 and source.reconnects == 1
-    attempt, error, downtime_s, first_new = calls[0]
+    attempt, error, downtime_s, first_new, reported_at = calls[0]
     assert attempt >= 1 and isinstance(error, VideoSourceError)
-    assert 1.0 <= downtime_s < 15.0
+    assert first_new >= 5
+    # The downtime is the real gap: the last old frame arrived after this test took the one before
+    # it and before this test took it; the first new one after the restart and before the callback.
+    assert restarted[0] - received[first_new - 1] <= downtime_s <= reported_at - received[first_new - 2]
     assert len(frames) == first_new + 6  # frames delivered before the crash are kept, none invented
     # The outage is visible in the timestamps, and the new connection starts from the file's beginning.
-    assert frames[first_new].pts_s - frames[first_new - 1].pts_s == pytest.approx(downtime_s, abs=0.2)
+    assert frames[first_new].pts_s - frames[first_new - 1].pts_s == pytest.approx(downtime_s, abs=1e-6)
     assert _best_match(frames[first_new].image)[0] <= 1
     assert frames[-1].pts_s - frames[first_new].pts_s == pytest.approx(0.5, abs=0.05)
 
 
-def test_unreachable_url_gives_up_in_bounded_time():
+def test_unreachable_url_gives_up_after_its_reconnect_budget():
     calls = []
     url = f"rtsp://127.0.0.1:{free_port()}/stream"  # nothing listens there
     source = LiveSource(url, reconnect_initial_s=0.05, reconnect_max_s=0.1, max_reconnects=3,
                         open_timeout_s=1, on_reconnect=lambda *a: calls.append(a))
-    start = time.monotonic()
-    with pytest.raises(VideoSourceError, match="gave up after 3 failed reconnection attempts") as info:
-        list(source)
-    assert time.monotonic() - start < 3.0
-    assert info.value.source == url and isinstance(info.value.__cause__, VideoSourceError)
+    with _LogEvent("operators.live_source", "reconnecting to") as waits:
+        outcome = _finish(lambda: list(source))
+    error = outcome.get("error")
+    assert isinstance(error, VideoSourceError), outcome
+    assert "gave up after 3 failed reconnection attempts" in str(error)
+    assert error.source == url and isinstance(error.__cause__, VideoSourceError)
+    # exactly the budget: three waits, each within the capped backoff, then no more attempts
+    assert [r.args[1] for r in waits.records] == [1, 2, 3]
+    assert all(0.0 < r.args[2] <= 0.1 for r in waits.records), [r.args for r in waits.records]
     assert calls == [] and source.frames_emitted == 0
 
 
 def test_silent_server_times_out():
-    # Accepts TCP connections but never answers: only the open timeout ends each attempt.
+    # Accepts TCP connections but never answers nor closes them: only the open timeout ends each attempt.
+    requests: list[bytes] = []
+
+    def serve(listener: socket.socket) -> None:
+        listener.settimeout(HANG_GUARD_S)
+        for _ in range(2):  # the first connection and the one reconnection allowed
+            connection, _ = listener.accept()
+            with connection:
+                connection.settimeout(HANG_GUARD_S)
+                request = b""
+                while chunk := connection.recv(4096):  # until the client hangs up
+                    request += chunk
+                requests.append(request)
+
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         url = f"rtsp://127.0.0.1:{listener.getsockname()[1]}/stream"
+        server = threading.Thread(target=serve, args=(listener,), daemon=True)
+        server.start()
         source = LiveSource(url, reconnect_initial_s=0.05, reconnect_max_s=0.05, max_reconnects=1, open_timeout_s=0.5)
-        start = time.monotonic()
-        with pytest.raises(VideoSourceError, match="gave up"):
-            list(source)
-        assert 0.9 < time.monotonic() - start < 4.0
+        outcome = _finish(lambda: list(source))
+        server.join(HANG_GUARD_S)
+        assert not server.is_alive()
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no third attempt
+    assert isinstance(outcome.get("error"), VideoSourceError) and "gave up" in str(outcome["error"]), outcome
+    # each attempt asked, got no answer, and hung up on its own
+    assert len(requests) == 2 and all(r.startswith(b"OPTIONS rtsp://") for r in requests), requests
 
 
 def test_stop_from_another_thread_ends_backoff_and_streaming(videos):
-    # During a long backoff wait.
-    source = LiveSource(f"rtsp://127.0.0.1:{free_port()}/x", reconnect_initial_s=5.0, reconnect_max_s=5.0)
-    threading.Timer(0.3, source.stop).start()
-    start = time.monotonic()
-    assert list(source) == []
-    assert time.monotonic() - start < 2.0
-    # While frames flow.
+    # During a backoff wait of an hour: only stop() can end it before the hang guard does.
+    source = LiveSource(f"rtsp://127.0.0.1:{free_port()}/x", reconnect_initial_s=3600.0, reconnect_max_s=3600.0)
+    with _LogEvent("operators.live_source", "reconnecting to") as backoff:
+        frames_out: list = []
+        iteration = threading.Thread(target=lambda: frames_out.extend(source), daemon=True)
+        iteration.start()
+        assert backoff.seen.wait(HANG_GUARD_S), "the source never began its backoff"
+        source.stop()
+        iteration.join(HANG_GUARD_S)
+    assert not iteration.is_alive() and frames_out == []
+    assert backoff.records[0].args[2] >= 1800.0  # it really was waiting out a long backoff
+    # While frames flow: the iteration ends after the frame in hand.
     with rtsp_server(videos["mp4"]) as server:
         source = LiveSource(server.url)
-        frames, stop_at = [], None
-        for frame in source:
-            frames.append(frame)
-            if len(frames) == 2:
-                stop_at = time.monotonic()
-                threading.Thread(target=source.stop).start()
-        assert time.monotonic() - stop_at < 1.0 and len(frames) <= 4
+        frames, lock, flowing = [], threading.Lock(), threading.Event()
+
+        def consume() -> None:
+            for frame in source:
+                with lock:
+                    frames.append(frame)
+                if len(frames) >= 2:
+                    flowing.set()
+
+        consumer = threading.Thread(target=consume, daemon=True)
+        consumer.start()
+        assert flowing.wait(HANG_GUARD_S)
+        with lock:  # nothing is taken while stop() is called: what is seen now was before it
+            source.stop()
+            before_stop = len(frames)
+        consumer.join(HANG_GUARD_S)
+        assert not consumer.is_alive()
+    assert before_stop >= 2 and before_stop <= len(frames) <= before_stop + 1
+    _assert_continuous(frames)
 
 
 @contextlib.contextmanager
@@ -215,8 +310,9 @@ def test_live_hls_that_stops_updating_is_reconnected(hls_dir):
             if len(frames) == FRAMES + 5:
                 source.stop()
     _assert_continuous(frames)
-    assert len(calls) == 1 and calls[0][0] == 1 and "ended" in str(calls[0][1]) and calls[0][2] > 0.05
-    assert frames[FRAMES].pts_s - frames[FRAMES - 1].pts_s == pytest.approx(calls[0][2], abs=0.2)
+    # the downtime includes the backoff wait, which is at least half of reconnect_initial_s
+    assert len(calls) == 1 and calls[0][0] == 1 and "ended" in str(calls[0][1]) and calls[0][2] >= 0.05
+    assert frames[FRAMES].pts_s - frames[FRAMES - 1].pts_s == pytest.approx(calls[0][2], abs=1e-6)
 
 
 def test_rejects_files_and_bad_settings(tmp_path):
@@ -249,18 +345,35 @@ def test_window_blocking_backpressure():
     window = FrameWindow(2, drop_oldest=False)
     assert window.put("a") and window.put("b")
     assert window.put("c", timeout=0.05) is False  # full: the producer waits, nothing is dropped
-    got = []
-
-    def consume():
-        time.sleep(0.2)
-        got.append(window.get())
-
-    threading.Thread(target=consume).start()
-    start = time.monotonic()
-    assert window.put("c")  # unblocked by the consumer
-    assert time.monotonic() - start >= 0.15
-    assert got == ["a"] and window.dropped == 0
+    put_c = []
+    producer = threading.Thread(target=lambda: put_c.append(window.put("c")), daemon=True)
+    producer.start()
+    _wait_until_blocked(producer)
+    assert put_c == [] and len(window) == 2
+    assert window.get() == "a"  # room: the producer goes on
+    producer.join(HANG_GUARD_S)
+    assert put_c == [True] and len(window) == 2 and window.dropped == 0
     # close() releases a producer blocked on a full window.
-    threading.Timer(0.1, window.close).start()
-    assert window.put("d") is False
+    put_d = []
+    producer = threading.Thread(target=lambda: put_d.append(window.put("d")), daemon=True)
+    producer.start()
+    _wait_until_blocked(producer)
+    window.close()
+    producer.join(HANG_GUARD_S)
+    assert put_d == [False]
     assert [window.get(), window.get(), window.get()] == ["b", "c", None]
+
+
+def _wait_until_blocked(thread: threading.Thread) -> None:
+    """Wait until ``thread`` waits inside ``FrameWindow.put``; fail if it returns without waiting."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while time.monotonic() < deadline:
+        frame, names = sys._current_frames().get(thread.ident), []
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        if "wait" in names and "put" in names[names.index("wait"):]:
+            return
+        assert thread.is_alive(), "put returned without waiting for room"
+        time.sleep(0.001)
+    raise AssertionError(f"put did not block within {HANG_GUARD_S} s")
