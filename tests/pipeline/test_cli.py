@@ -115,3 +115,40 @@ def test_cli_process_exit_code_and_no_traceback():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "no such image file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_parse_box_reads_pixels_and_the_polarity():
+    from pipeline.commands.args import UsageError, parse_box
+
+    assert parse_box("1,2,30.5,40") == ((1.0, 2.0, 30.5, 40.0), True)
+    assert parse_box("1,2,30,40:neg") == ((1.0, 2.0, 30.0, 40.0), False)
+    assert parse_box("1,2,30,40:pos") == ((1.0, 2.0, 30.0, 40.0), True)
+    for text, message in [("5,2,5,40", "x1 must exceed x0"), ("1,9,30,9", "x1 must exceed x0"),
+                          ("1,2,30", "four numbers"), ("1,2,a,4", "four numbers"), ("1,2,30,40:no", "':neg' or ':pos'")]:
+        with pytest.raises(UsageError, match=message):
+            parse_box(text)
+    with pytest.raises(UsageError, match="without a suffix"):
+        parse_box("1,2,30,40:neg", allow_negative=False)
+
+
+def test_every_command_is_registered_and_none_imports_the_cli():
+    """cli.py builds the parser from pipeline/commands; a command importing the CLI back (even inside
+    a function) would be an import cycle."""
+    import ast
+
+    from pipeline import cli
+
+    root = Path(__file__).resolve().parents[2] / "pipeline"
+    for path in root.rglob("*.py"):
+        if path.name == "cli.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "pipeline.cli" or n.startswith("pipeline.cli.") for n in names), path
+    commands = {p.stem for p in (root / "commands").glob("*.py")} - {"__init__", "args"}
+    assert {c.__name__.rsplit(".", 1)[-1] for c in cli.COMMANDS} == commands
+    parser = cli.build_parser()
+    for argv in (["run", "j.yaml"], ["segment", "a.png"], ["track", "v.mp4"], ["samples"],
+                 ["checkpoint", "check", "p"], ["checkpoint", "init-random", "d"]):
+        assert callable(parser.parse_args(argv).handler), argv
