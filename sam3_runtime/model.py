@@ -134,18 +134,45 @@ def write_random_checkpoint(out_dir: str | Path, seed: int = 0, config: Sam3Conf
 
     Used by the demo and the tests: nothing here can download the real weights. The tokenizer
     is trained on a small built-in word list, so ``config`` (default: the tiny preset) must
-    have a small text vocabulary.
+    have a small text vocabulary. Every float tensor is random and follows from ``seed`` alone
+    (see ``_randomize_constant_tensors``): no bias, embedding or norm is left at its constant init.
     """
     from safetensors.torch import save_file
 
     config = config or Sam3Config.tiny()
-    torch.manual_seed(seed)
-    model = Sam3Model(config)
+    with torch.random.fork_rng(devices=[]):  # seeded layer init without touching the caller's generator
+        torch.manual_seed(seed)
+        model = Sam3Model(config)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    _randomize_constant_tensors(state, torch.Generator().manual_seed(seed))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps({**config.to_hf_dict(), RANDOM_WEIGHTS_KEY: True}, indent=2))
     text = config.detector.text_config
     build_clip_tokenizer(text.vocab_size).save(str(out / "tokenizer.json"))
     return out
+
+
+# Spread of the values drawn for tensors that layer init sets to a constant (as transformers' parity models use).
+_RANDOM_FILL_STD = 0.1
+
+
+def _randomize_constant_tensors(state: dict[str, torch.Tensor], gen: torch.Generator) -> None:
+    """Redraw, in place, every float tensor that layer init leaves constant: biases and embeddings
+    at zero, norm weights at one, layer scales at 1e-6. A path that reads such a tensor computes
+    the same thing whatever the mapping or the arithmetic around it, so a random checkpoint would
+    hide its bugs. Norm weights go near 1, the others small around 0; tensors already drawn at
+    random by their layer's init keep their values.
+    """
+    for key in sorted(state):  # a fixed order: the same seed gives the same checkpoint
+        t = state[key]
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        first = t.flatten()[0]
+        if t.numel() > 1 and not bool((t == first).all()):
+            continue
+        if t.numel() == 1 and first != 0:  # a lone bias drawn by its layer's init
+            continue
+        noise = _RANDOM_FILL_STD * torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.dtype)
+        state[key] = (noise + 1.0) if bool(first == 1) else noise

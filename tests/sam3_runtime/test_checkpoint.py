@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sam3_runtime.checkpoint import (
@@ -24,6 +24,7 @@ from sam3_runtime.checkpoint import (
     read_key_list_tsv,
     resolve_checkpoint,
 )
+from sam3_runtime.model import write_random_checkpoint
 from sam3_runtime.official_keys import RULES, convert_official_shapes
 from tests.parity.hf_reference import HF_TSV, OFFICIAL_TSV
 
@@ -439,3 +440,34 @@ def test_offline_mode_uses_the_cache_or_says_what_to_do(monkeypatch, tmp_path):
     folder = _cache_snapshot(tmp_path, "facebook/sam3")
     assert resolve_checkpoint("facebook/sam3", cache_dir=tmp_path).config_path == folder / "config.json"
     assert json.loads((folder / "config.json").read_text()) == {}
+
+
+# --- random checkpoints ------------------------------------------------------------------------
+
+
+def test_random_checkpoint_has_no_constant_tensor(tmp_path):
+    state = load_file(str(write_random_checkpoint(tmp_path / "a", seed=4) / "model.safetensors"))
+    floats = {k: v for k, v in state.items() if v.is_floating_point()}
+    assert len(floats) == len(state) > 600
+    assert [k for k, v in floats.items() if not v.any()] == []
+    # nothing left at any constant init (norms at one, layer scales at 1e-6)
+    assert [k for k, v in floats.items() if v.numel() > 1 and bool((v == v.flatten()[0]).all())] == []
+    # norm weights stay near one, their biases near zero
+    norm = "detector_model.vision_encoder.backbone.layers.0.layer_norm1."
+    assert (state[norm + "weight"] - 1).abs().max() < 0.6 and state[norm + "bias"].abs().max() < 0.6
+    assert state["tracker_model.no_object_pointer"].std() > 0.01
+
+
+def test_random_checkpoint_follows_from_its_seed_alone(tmp_path):
+    torch.manual_seed(123)
+    first = load_file(str(write_random_checkpoint(tmp_path / "a", seed=4) / "model.safetensors"))
+    after = torch.rand(1)
+    torch.manual_seed(999)  # the caller's generator state must not matter, nor be changed
+    again = load_file(str(write_random_checkpoint(tmp_path / "b", seed=4) / "model.safetensors"))
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)
+    other = load_file(str(write_random_checkpoint(tmp_path / "c", seed=5) / "model.safetensors"))
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    bias = "detector_model.detr_decoder.output_layer_norm.bias"  # zero at init: drawn from the seed
+    assert not torch.equal(first[bias], other[bias])
