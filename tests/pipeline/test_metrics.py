@@ -32,7 +32,8 @@ def test_scrape_reports_streams_and_engines_and_close_frees_the_port():
     metrics = JobMetrics("lobby")
     cam1 = StreamStats("cam1", StreamState.RUNNING, StreamCounters(frames_processed=42, frames_dropped=3, restarts=1),
                        objects=5)
-    metrics.update({"cam1": cam1}, {"engine-0": engine})
+    cam2 = StreamStats("cam2", StreamState.FAILED, error="corrupt file")
+    metrics.update({"cam1": cam1, "cam2": cam2}, {"engine-0": engine})
     port = free_port()
     metrics.serve(port, "127.0.0.1")
     try:
@@ -46,6 +47,10 @@ def test_scrape_reports_streams_and_engines_and_close_frees_the_port():
     assert got[("sam3_stream_objects", cam)] == 5
     assert got[("sam3_stream_state", (*cam[:1], ("state", "running"), cam[1]))] == 1
     assert got[("sam3_stream_state", (*cam[:1], ("state", "failed"), cam[1]))] == 0
+    failed = (("job", "lobby"), ("stream", "cam2"))
+    assert got[("sam3_stream_state", (*failed[:1], ("state", "failed"), failed[1]))] == 1
+    assert got[("sam3_stream_state", (*failed[:1], ("state", "running"), failed[1]))] == 0
+    assert got[("sam3_stream_frames_processed_total", failed)] == 0
     eng = (("engine", "engine-0"), ("job", "lobby"))
     assert got[("sam3_engine_batch_size_count", eng)] == 3
     assert got[("sam3_engine_batch_size_bucket", (*eng, ("le", "1")))] == 1
