@@ -69,6 +69,7 @@ from pathlib import Path
 import ray
 import torch
 
+from operators.resume_point import StreamState
 from operators.sources import stream_frames
 from operators.synthetic import write_synthetic_video
 from pipeline.driver import run_job
@@ -237,7 +238,7 @@ class JobWatch:
                 stats = ray.get(engine.stats.remote(), timeout=5.0)
                 self.engine.append((time.perf_counter(), stats.frames, stats.steps, stats.step_seconds_sum))
                 if streams and n % STREAM_POLL_EVERY == 0:
-                    done = [s["frames_processed"] for s in ray.get([a.get_stats.remote() for a in streams], timeout=5.0)]
+                    done = [s.counters.frames_processed for s in ray.get([a.get_stats.remote() for a in streams], timeout=5.0)]
                     self.streams.append((time.perf_counter(), min(done), max(done)))
             except Exception:  # the job ended and its actors are gone
                 break
@@ -278,17 +279,17 @@ def run_pipeline(job_path: Path, streams: int, frames: int, skip: int, poll_s: f
         result = run_job(str(job_path), show_progress=False, on_started=watch.on_started)
     finally:
         watch.stop()
-    bad = {sid: s.get("error") or s.get("state") for sid, s in result.streams.items() if s.get("state") != "finished"}
+    bad = {sid: s.error or s.state.value for sid, s in result.streams.items() if s.state is not StreamState.FINISHED}
     if result.exit_code != 0 or bad:
         raise RuntimeError(f"pipeline run failed (exit {result.exit_code}): {bad}")
-    processed = sum(s["frames_processed"] for s in result.streams.values())
+    processed = sum(s.counters.frames_processed for s in result.streams.values())
     if processed != total or not watch.engine or watch.engine[-1][1] != total:
         last = watch.engine[-1][1] if watch.engine else None
         raise RuntimeError(f"expected {total} frames; streams processed {processed}, the last engine poll counted "
                            f"{last} (the job ended before the next poll: try a smaller --poll-ms)")
     t0, steps0, step_s0 = watch.reached(skip * streams)
     t1, steps1, step_s1 = watch.reached(total)
-    records = sum(s["records"] for s in result.streams.values())
+    records = sum(s.counters.records for s in result.streams.values())
     return Measurement(frames=total - skip * streams, seconds=t1 - t0, steps=steps1 - steps0, step_s=step_s1 - step_s0,
                        records=records, steady=watch.steady(skip, frames)), watch.threads
 

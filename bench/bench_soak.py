@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             sampler.stop()
             ray.shutdown()
-    states = {sid: s.get("state") for sid, s in result.streams.items()}
+    states = {sid: s.state.value for sid, s in result.streams.items()}
     logger.info("job exit code %d, streams %s; samples in %s", result.exit_code, states, csv_path)
     logger.info("%d streams looping a %d-frame video, threshold %g, hotstart %s, evict after %d frames, sinks "
                 "parquet%s; %.1f min, warm-up %.1f min, a sample every %g s", args.streams, args.video_frames,
