@@ -234,3 +234,16 @@ def test_state_saved_in_format_1_still_loads():
     state["format"] = 99
     with pytest.raises(ValueError, match="saved by another version"):
         TrackerSession.from_state_dict(state, torch.device("cpu"))
+
+
+def test_pending_prompts_saved_as_lists_load_as_tuples():
+    """A serializer without tuples (JSON, msgpack) writes prompts as lists; they must load as equal prompts."""
+    session = new_session()
+    session.queue_prompt(box_xyxy=(0.0, 1.0, 4.0, 5.0))
+    session.queue_prompt(points=((1.0, 2.0), (3.0, 4.0)), point_labels=(1, 0))
+    state = session.state_dict()
+    state["pending"] = [{k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
+                         for k, v in p.items()} for p in state["pending"]]
+    assert state["pending"][1]["points"] == [[1.0, 2.0], [3.0, 4.0]]
+    moved = TrackerSession.from_state_dict(state, torch.device("cpu"))
+    assert moved.pending == session.pending
