@@ -7,7 +7,6 @@ import gc
 import io
 import os
 import random
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -296,14 +295,12 @@ def test_memory_is_bounded_over_2000_frames(tracker):
     memory = ObjectMemory.for_model(tracker, capacity=2)
     rows = memory.add_objects(8)
     frames = [random_frame(tracker, s) for s in range(4)]
-    began = time.monotonic()
     sizes = {}
     for t in range(2000):
         step(tracker, memory, rows, t, frames[t % 4], cond=t % 16 == 0)
         if t + 1 in (200, 2000):
             gc.collect()
             sizes[t + 1] = (_rss_bytes(), memory.nbytes, _live_tensors())
-    assert time.monotonic() - began < 180
     (rss_200, bytes_200, tensors_200), (rss_2000, bytes_2000, tensors_2000) = sizes[200], sizes[2000]
     assert bytes_200 == bytes_2000 == memory.nbytes
     assert tensors_200 == tensors_2000
