@@ -25,6 +25,7 @@ T0 = dt.datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
 STREAMS = ("cam1", "cam/2", "7")
 # The embedded broker's group join takes ~session_timeout_ms / 2 (at least ~1 s): keep it small.
 SESSION_TIMEOUT_MS = 1000
+HANG_GUARD_S = 60.0  # only ends a call that would hang; the client timeouts below end them much sooner
 
 
 def track(stream_id: str, frame: int, track_id: int = 1) -> TrackObservation:
@@ -62,6 +63,25 @@ def consume(servers: str, topic: str, expected: int, timeout_s: float = 20.0) ->
     finally:
         consumer.close()
     return sorted(messages, key=lambda m: (m.partition, m.offset))
+
+
+def returns(call):
+    """``call()``'s result, or what it raised, once it returns; fails if it hangs."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG_GUARD_S)
+    assert not thread.is_alive(), f"{call} did not return within {HANG_GUARD_S} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 def dead_address() -> str:
@@ -155,12 +175,10 @@ def test_kafka_dead_port_fails_at_flush():
     address = dead_address()
     sink = KafkaSink(address, "t", "e", client={"bootstrap_timeout_ms": 800, "max_block_ms": 800,
                                                 "request_timeout_ms": 800})
-    start = time.monotonic()
     sink.write_tracks([track("cam1", f) for f in range(5)])
     sink.write_events([event("cam1", 0)])
     with pytest.raises(SinkError, match=address) as info:
-        sink.flush()
-    assert time.monotonic() - start < 10
+        returns(sink.flush)  # the client's timeouts end it: nothing waits for a broker that never comes
     assert info.value.failed == 6 and sink.errors == 6 and sink.sent == 0
     assert "KafkaTimeoutError" in str(info.value)
     sink.flush()  # a failure is reported once
@@ -177,11 +195,9 @@ def test_kafka_broker_lost_mid_stream_fails_at_flush():
         sink.write_tracks([track("cam1", f) for f in range(10)])
         sink.flush()
         assert sink.sent == 10
-    start = time.monotonic()
     sink.write_tracks([track("cam1", f) for f in range(10, 15)])
     with pytest.raises(SinkError, match="5 records could not be delivered") as info:
-        sink.close()
-    assert time.monotonic() - start < 15
+        returns(sink.close)  # delivery_timeout_ms gives up on the lost broker
     assert info.value.failed == 5 and sink.errors == 5 and sink.sent == 10
 
 
@@ -266,14 +282,17 @@ def test_parquet_rollback_takes_back_only_this_runs_files_after_the_point(tmp_pa
 
 def test_parquet_flush_by_time(tmp_path):
     sink = ParquetSink(tmp_path, job="job", flush_rows=1000, flush_seconds=0.3)
+    written = time.monotonic()
     sink.write_tracks([track("cam1", f) for f in range(3)])
-    sink.maybe_flush()
-    assert parquet_files(tmp_path) == []
-    time.sleep(0.35)
-    sink.maybe_flush()  # explicit check
-    assert len(parquet_files(tmp_path / "tracks" / "stream_id=cam1")) == 1
+    deadline = written + HANG_GUARD_S
+    while not parquet_files(tmp_path) and time.monotonic() < deadline:
+        sink.maybe_flush()  # explicit check, until the buffer is old enough
+        time.sleep(0.01)
+    # seen only after the rows were flush_seconds old (however slow this machine, never before)
+    assert time.monotonic() - written >= 0.3
+    assert len(parquet_files(tmp_path / "tracks" / "stream_id=cam1")) == 1 and sink.buffered_rows == 0
     sink.write_tracks([track("cam/2", 0)])
-    time.sleep(0.35)
+    time.sleep(0.35)  # the sink's own clock then says the row is older than flush_seconds
     sink.write_tracks([track("7", 0)])  # a write also flushes other streams' old buffers
     assert len(parquet_files(tmp_path / "tracks" / "stream_id=cam%2F2")) == 1
     assert sink.buffered_rows == 1
