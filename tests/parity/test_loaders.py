@@ -22,12 +22,19 @@ from sam3_runtime.config import Sam3Config
 from sam3_runtime.model import LoadedModel, Sam3Model, load_model
 from sam3_runtime.preprocess import to_model_input
 from sam3_runtime.tokenizer import build_clip_tokenizer
+from sam3_runtime.video.memory import ObjectMemory
+from sam3_runtime.video.propagation import add_objects_from_boxes, commit_memories, propagate, tracker_features
 from tests.parity.hf_reference import OFFICIAL_TSV, hf_video_model
 from tests.parity.official_format import to_official
 from tests.parity.test_detector import _compare
-from tests.parity.test_video_tracking import BOXES, SCORE_SHIFT, hf_streaming, mask_iou, moving_frames, ours_streaming
+from tests.parity.test_video_tracking import BOXES, mask_iou, moving_frames
 
 NUM_FRAMES = 10  # > 7 memory slots: the memory ring wraps
+# Random weights score every object slightly below 0 ("absent"); shifting the score head puts the
+# first frame's objects on both sides of 0 (scores from -0.07 to 0.11, far above the ~1e-4
+# differences, so no decision flips): the no-object pointer and occlusion embedding enter the
+# memories beside real masks and pointers, and later frames see the objects.
+SCORE_SHIFT = 1.3
 PROMPTS = ["red square", "a green disc on grass"]
 
 
@@ -57,7 +64,7 @@ def written(tmp_path_factory) -> Written:
     config = Sam3Config.tiny()
     hf = hf_video_model(config, seed=0)
     _randomize_fourier_matrix(hf, seed=5)
-    with torch.no_grad():  # objects come and go (see test_video_tracking.SCORE_SHIFT)
+    with torch.no_grad():
         hf.tracker_model.mask_decoder.pred_obj_score_head.proj_out.bias += SCORE_SHIFT
     root = tmp_path_factory.mktemp("loaders")
     hf_dir, official_dir = root / "transformers", root / "official"
@@ -130,10 +137,51 @@ def test_detector_end_to_end(written, loaded, hf_roi_align):
     torch.testing.assert_close(out.scores, expected, rtol=1e-4, atol=1e-6)
 
 
+@torch.inference_mode()
+def _reference_tracking(hf, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """transformers' tracker in streaming mode, the objects box-prompted on the first frame."""
+    from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
+        Sam3TrackerVideoInferenceSession,
+    )
+
+    size = frames.shape[-1]
+    session = Sam3TrackerVideoInferenceSession(video_height=size, video_width=size, dtype=torch.float32)
+    results = []
+    for t in range(frames.shape[0]):
+        feats, pos = hf.get_vision_features_for_tracker(hf.detector_model.get_vision_features(pixel_values=frames[t : t + 1]))
+        session.cache.cache_vision_features(t, {"vision_feats": feats, "vision_pos_embeds": pos})
+        if t == 0:
+            for obj_id, box in enumerate(BOXES):
+                labels = torch.tensor([[[2, 3]]], dtype=torch.int32)  # a box is two corner points
+                session.add_point_inputs(session.obj_id_to_idx(obj_id), 0,
+                                         {"point_coords": box.reshape(1, 1, 2, 2), "point_labels": labels})
+            session.obj_with_new_inputs = list(range(len(BOXES)))
+        out = hf.tracker_model(session, frame_idx=t, frame=frames[t])
+        results.append((out.pred_masks.clone(), out.object_score_logits.reshape(-1).clone()))
+    return results
+
+
+@torch.inference_mode()
+def _runtime_tracking(model, frames: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    memory = ObjectMemory.for_model(model, capacity=len(BOXES))
+    rows = memory.add_objects(len(BOXES))
+    index = [0] * len(rows)
+    results = []
+    for t in range(frames.shape[0]):
+        ff = tracker_features(model, model.detector_model.vision_encoder.backbone(frames[t : t + 1]))
+        first = t == 0
+        out = (add_objects_from_boxes(model, ff, index, BOXES) if first
+               else propagate(model, ff, index, [(memory, rows, t)], return_high_res_masks=True))
+        commit_memories(model, ff, index, out.high_res_masks, out.object_score_logits, out.object_pointer,
+                        [(memory, rows, t)], is_conditioning=first, binarize=first)
+        results.append((out.low_res_masks, out.object_score_logits[:, 0]))
+    return results
+
+
 def test_box_prompted_tracking(written, loaded):
     frames = moving_frames(NUM_FRAMES, written.config.image_size, seed=2)
-    ref = hf_streaming(written.reference, frames, BOXES)
-    got, _ = ours_streaming(loaded.model, frames, BOXES)
+    ref = _reference_tracking(written.reference, frames)
+    got = _runtime_tracking(loaded.model, frames)
     visible = absent = 0
     for t, ((ref_masks, ref_scores), (masks, scores)) in enumerate(zip(ref, got, strict=True)):
         for i in range(len(BOXES)):
@@ -142,4 +190,4 @@ def test_box_prompted_tracking(written, loaded):
         torch.testing.assert_close(masks, ref_masks, rtol=1e-3, atol=3e-3)
         visible += int((ref_scores > 0).sum())
         absent += int((ref_scores <= 0).sum())
-    assert visible >= 3 and absent >= 3, (visible, absent)
+    assert visible >= 20 and absent >= 2, (visible, absent)
