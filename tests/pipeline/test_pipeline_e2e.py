@@ -35,6 +35,9 @@ sinks:
   kafka: {{bootstrap_servers: "{kafka}", topic: tracks, events_topic: events}}
 metrics: {{port: null}}
 """
+# Only ends a wait that would otherwise hang; every step of these tests is triggered by what the
+# job reports (frames processed, resume points, reconnects), never by how long it has run.
+HANG_GUARD_S = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +70,43 @@ def _consume(broker, topic, expected: int) -> list:
     consumer = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap_servers, auto_offset_reset="earliest",
                              group_id=None, consumer_timeout_ms=3000)
     messages = []
-    deadline = time.time() + 30
-    while len(messages) < expected and time.time() < deadline:
+    deadline = time.monotonic() + HANG_GUARD_S
+    while len(messages) < expected and time.monotonic() < deadline:
         messages.extend(consumer)
     consumer.close()
     return messages
+
+
+def _wait_for(condition, what: str):
+    """Poll ``condition()`` until it returns something true, and return that."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {HANG_GUARD_S} s")
+        time.sleep(0.05)
+    return value
+
+
+def _stats(stream):
+    import ray
+
+    return ray.get(stream.get_stats.remote())
+
+
+def _processed_at_least(stream, frames: int, what: str) -> int:
+    """Wait until ``stream`` has processed ``frames`` frames; the count it had then."""
+    return _wait_for(lambda: (n := _stats(stream).counters.frames_processed) >= frames and n, what)
+
+
+def _in_background(action, errors: list) -> None:
+    """Run ``action`` beside the job; what it raises lands in ``errors`` for the test to show."""
+    def run() -> None:
+        try:
+            action()
+        except BaseException as e:
+            errors.append(e)
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 # One stream per engine step here: which streams share a step depends on timing, and a batch of
@@ -125,18 +160,17 @@ def test_engine_killed_mid_run(ray_session, media, broker, tmp_path):
     import ray
 
     job = _job(tmp_path, media, broker, "failover", {"long": media["long"]})
-    killed = threading.Event()
+    killed_at, errors = [], []
 
-    def kill_soon(actors):
-        def later():
-            time.sleep(4.0)
+    def kill_mid_run(actors):
+        def kill():
+            killed_at.append(_processed_at_least(actors.streams["long"], 10, "frames before the engine kill"))
             ray.kill(actors.engines["engine-0"], no_restart=False)
-            killed.set()
 
-        threading.Thread(target=later, daemon=True).start()
+        _in_background(kill, errors)
 
-    result = run_job(str(job), show_progress=False, on_started=kill_soon)
-    assert killed.is_set()
+    result = run_job(str(job), show_progress=False, on_started=kill_mid_run)
+    assert not errors and killed_at and 10 <= killed_at[0] < 60, (errors, killed_at)  # killed mid-run
     stats = result.streams["long"]
     assert result.exit_code == 0, stats
     assert stats.counters.engine_restarts >= 1
@@ -153,24 +187,24 @@ def test_stream_actor_killed_mid_run_resumes_from_its_checkpoint(ray_session, me
     import ray
 
     job = _job(tmp_path, media, broker, "resume", {"long": media["long"]})
-    seen = []  # (first checkpoint seen, latest checkpoint when killed)
+    seen, errors = [], []  # (resume point the driver held, the stream's latest when killed)
+    held_file = tmp_path / "out" / "_checkpoints" / "resume" / "long.json"
 
     def kill_after_a_checkpoint(actors):
-        def later():
+        def kill():
             stream = actors.streams["long"]
-            while (first := ray.get(stream.resume_point.remote())) is None:
-                time.sleep(0.05)
-            time.sleep(1.5)  # the driver polls checkpoints every second; it holds this one or a later one
+            _wait_for(held_file.exists, "resume point held by the driver")  # it writes each one it holds
+            held = json.loads(held_file.read_text())["frame_index"]
             latest = ray.get(stream.resume_point.remote())
             ray.kill(stream, no_restart=False)
-            seen.append((first.frame_index, latest.frame_index))
+            seen.append((held, latest.frame_index))
 
-        threading.Thread(target=later, daemon=True).start()
+        _in_background(kill, errors)
 
     result = run_job(str(job), show_progress=False, on_started=kill_after_a_checkpoint)
     stats = result.streams["long"]
     assert result.exit_code == 0, stats
-    assert seen and 0 <= seen[0][0] <= seen[0][1] < 59, seen
+    assert not errors and seen and 0 <= seen[0][0] <= seen[0][1] < 59, (errors, seen)
     assert stats.counters.restarts == 1 and stats.state is StreamState.FINISHED
     assert stats.counters.frames_processed == 60  # counted once: up to the checkpoint, then from there on
     events = ds.dataset(tmp_path / "out" / "events", partitioning="hive").to_table().to_pylist()
@@ -192,19 +226,26 @@ def test_stream_actor_killed_mid_run_resumes_from_its_checkpoint(ray_session, me
 
 
 def test_rtsp_stream_survives_a_server_restart(ray_session, media, broker, tmp_path):
+    errors, frames_seen = [], []  # frames processed: before the restart, at the reconnect, when stopped
     with rtsp_server(media["long"]) as server:
         job = _job(tmp_path, media, broker, "live", {"cam": server.url})
 
-        def restart_soon(_actors):
-            def later():
-                time.sleep(5.0)
-                server.kill()
-                time.sleep(1.0)
+        def restart_mid_stream(actors):
+            def restart():
+                stream = actors.streams["cam"]
+                frames_seen.append(_processed_at_least(stream, 10, "frames before the server restart"))
+                server.kill()  # a crash: the stream's connection just dies
                 server.start()
+                reconnected = _wait_for(lambda: (s := _stats(stream)).counters.reconnects >= 1 and s, "reconnect")
+                frames_seen.append(reconnected.counters.frames_processed)
+                frames_seen.append(_processed_at_least(stream, frames_seen[-1] + 10, "frames after the reconnect"))
+                stream.stop.remote()
 
-            threading.Thread(target=later, daemon=True).start()
+            _in_background(restart, errors)
 
-        result = run_job(str(job), max_seconds=16, show_progress=False, on_started=restart_soon)
+        # a live stream never ends by itself: it is stopped above; max_seconds only guards against a hang
+        result = run_job(str(job), max_seconds=HANG_GUARD_S, show_progress=False, on_started=restart_mid_stream)
+    assert not errors and len(frames_seen) == 3, (errors, frames_seen)
     stats = result.streams["cam"]
     assert result.exit_code == 0, stats
     assert stats.state is StreamState.STOPPED
@@ -258,7 +299,18 @@ def test_metrics_port_in_use_exits_2_before_anything_starts(ray_session, media, 
 
 def test_a_stopped_job_resumes_where_it_stopped_and_skips_finished_streams(ray_session, media, broker, tmp_path):
     job = _job(tmp_path, media, broker, "archive", {"long": media["long"], "short": media["a"]})
-    first = run_job(str(job), max_seconds=1.5, show_progress=False)
+    errors = []
+
+    def stop_mid_run(actors):
+        def stop():
+            stream = actors.streams["long"]
+            _processed_at_least(stream, 10, "frames before the stop")
+            stream.stop.remote()  # as the driver does when the job is stopped
+
+        _in_background(stop, errors)
+
+    first = run_job(str(job), show_progress=False, on_started=stop_mid_run)
+    assert not errors, errors
     stopped = first.streams["long"]
     assert first.exit_code == 0 and stopped.state is StreamState.STOPPED and stopped.counters.frames_processed < 60, stopped
     saved = json.loads((tmp_path / "out" / "_checkpoints" / "archive" / "long.json").read_text())
