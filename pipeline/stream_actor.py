@@ -43,11 +43,11 @@ class StreamActor:
         self.kafka_servers = kafka_servers
         self.run_id = run_id  # names this job run's Parquet files, so a resumed stream can take back its own
         engine = ray.get_actor(engine_name)
-        rules = job.rules_for(stream)
-        model_id = ray.get(engine.ready.remote())["model"]
-        self.tracks = StreamTracks(job.name, stream.id, stream.source, model_id, rules)
+        self.rules = job.rules_for(stream)
+        # no engine call here: a restarting actor refuses calls until __init__ returns, so it stays short
+        self.tracks: StreamTracks | None = None  # built by run(), which asks the engine for its model id
         # detect down to the lowest threshold any rule publishes at; each rule filters its own concept
-        self.link = EngineLink(engine, stream.id, [r.concept for r in rules], min(r.threshold for r in rules),
+        self.link = EngineLink(engine, stream.id, [r.concept for r in self.rules], min(r.threshold for r in self.rules),
                                window=stream.max_in_flight, on_engine_restart=self._count_engine_restart)
         self.outputs = None  # StreamOutputs, opened by run(): a resumed run writes under its first run's id
         self.counters = StreamCounters()
@@ -79,6 +79,8 @@ class StreamActor:
         from operators.video_source import VideoSourceError
         from pipeline.outputs import StreamOutputs
 
+        model_id = ray.get(self.link.engine.ready.remote())["model"]
+        self.tracks = StreamTracks(self.job.name, self.stream.id, self.stream.source, model_id, self.rules)
         if resume is not None and resume.run_id:
             self.run_id = resume.run_id  # go on numbering (and taking back) that run's Parquet files
         self.outputs = StreamOutputs(self.job, self.stream.id, self.kafka_servers, run=self.run_id)
