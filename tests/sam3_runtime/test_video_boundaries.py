@@ -29,7 +29,7 @@ from tests.sam3_runtime.test_video_heuristics import (
 )
 
 # A small hot-start so that scenarios stay short; every other rule at its default.
-HOTSTART = VideoConfig(hotstart_delay=5, hotstart_unmatch_thresh=3, hotstart_dup_thresh=3)
+HOTSTART = VideoConfig(hotstart_delay=6, hotstart_unmatch_thresh=3, hotstart_dup_thresh=3)
 BORN = 2  # frame on which the scenarios' objects start: the rules count from it, not from frame 0
 
 Dets = list[tuple[tuple[int, int, int, int], float]]
@@ -97,7 +97,7 @@ def last_removable_frame(cfg: VideoConfig, born: int) -> int:
 def test_unmatched_count_reaching_the_threshold_around_the_last_removable_frame(hf_model, monkeypatch, mode, reach):
     cfg = HOTSTART
     last = last_removable_frame(cfg, BORN)
-    reach_frame = last + 1 + reach  # reach 0: the count reaches the threshold on the last removable frame
+    reach_frame = last + reach  # reach 0: the count reaches the threshold on the last removable frame
     unmatched = set(range(reach_frame - cfg.hotstart_unmatch_thresh + 1, reach_frame + 1))
     assert min(unmatched) > BORN
     # object 0 (box A) misses its detection on ``unmatched``; object 1 (box B) is always matched
@@ -124,7 +124,7 @@ def test_unmatched_count_reaching_the_threshold_around_the_last_removable_frame(
 def test_duplicate_count_reaching_the_threshold_around_the_last_removable_frame(hf_model, monkeypatch, mode, reach):
     cfg = HOTSTART
     last = last_removable_frame(cfg, BORN)
-    reach_frame = last + 1 + reach
+    reach_frame = last + reach
     shared = set(range(reach_frame - cfg.hotstart_dup_thresh + 1, reach_frame + 1))
     assert min(shared) > BORN
 
