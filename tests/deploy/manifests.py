@@ -81,5 +81,11 @@ def gpu_limit(container: dict) -> str | None:
     return container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
 
 
+def gpu_values(container: dict) -> list[str]:
+    """Every nvidia.com/gpu amount the container states (limits, and requests if given)."""
+    resources = container.get("resources", {})
+    return [resources[k]["nvidia.com/gpu"] for k in ("limits", "requests") if "nvidia.com/gpu" in resources.get(k, {})]
+
+
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]

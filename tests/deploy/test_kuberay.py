@@ -27,6 +27,7 @@ from tests.deploy.manifests import (
     by_kind,
     containers,
     gpu_limit,
+    gpu_values,
     pod_templates,
     ray_cluster_spec,
 )
@@ -325,8 +326,8 @@ def test_image_gpus_and_job_file_are_set_in_one_place(name, tmp_path):
     images = [c["image"] for _, c in containers(after)]
     assert images and all(i == "registry.example.com/sam3-stream:9.9.9-test" for i in images)
     workers = [c for t, c in containers(after) if t.node_type == "worker"]
-    assert workers and all(gpu_limit(c) == "3" for c in workers)
-    assert all(gpu_limit(c) is None for t, c in containers(after) if t.node_type != "worker")
+    assert workers and all(gpu_values(c) and set(gpu_values(c)) == {"3"} for c in workers)
+    assert all(not gpu_values(c) for t, c in containers(after) if t.node_type != "worker")
     job_text = _configmap(after, "sam3-job")["data"]["job.yaml"]
     assert "max_batch: 5" in job_text
     new_job_cm = _configmap(after, "sam3-job")["metadata"]["name"]
@@ -354,5 +355,5 @@ def test_an_overlay_used_as_a_resource_takes_another_image_and_gpu_count(name, t
     }))
     docs = build(tmp_path)
     assert all(c["image"] == "mirror.example.org/ml/sam3:2.0.0" for _, c in containers(docs))
-    assert [gpu_limit(c) for t, c in containers(docs) if t.node_type == "worker"] == ["2"]
+    assert [gpu_values(c) for t, c in containers(docs) if t.node_type == "worker"] == [["2"]]
     assert IMAGE not in {c["image"] for _, c in containers(docs)}
