@@ -9,6 +9,7 @@ counters for the progress display and the Prometheus endpoint until every stream
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import signal
@@ -30,6 +31,7 @@ from pipeline.stream_stats import StreamCounters, StreamStats
 logger = logging.getLogger(__name__)
 
 POLL_S = 1.0
+REFUSED_RETRY_S = 0.25  # before asking a restarting stream actor again to run
 STREAM_RESTARTS = 3  # a stream actor that dies is resumed from its latest resume point this many times
 
 
@@ -131,6 +133,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             on_started(JobActors(engines, streams))
         progress = JobProgress(job.name, enabled=show_progress)
         restarts = dict.fromkeys(streams, 0)
+        restarting: set[str] = set()  # resumed after a death, its actor not back yet
         started = time.time()
         with progress:
             pending = dict(runs)
@@ -139,12 +142,19 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                 ready, _ = ray.wait(list(pending.values()), timeout=POLL_S, num_returns=len(pending))
                 for ref in ready:
                     sid = next(k for k, v in pending.items() if v == ref)
-                    outcome, actor_died = _ended(ref, sid)
-                    if actor_died and restarts[sid] < STREAM_RESTARTS and not stopping:
+                    outcome, ending = _ended(ref, sid)
+                    if sid in restarting and ending is _Ending.REFUSED and not stopping:
+                        # a restarting actor refuses calls until its __init__ returned: ask again, it is no new death
+                        time.sleep(REFUSED_RETRY_S)
+                        pending[sid] = streams[sid].run.remote(resume=store.get(sid), restart=restarts[sid])
+                        continue
+                    restarting.discard(sid)
+                    if ending is not _Ending.RETURNED and restarts[sid] < STREAM_RESTARTS and not stopping:
                         restarts[sid] += 1
                         logger.warning("stream %s: its actor died (%s); resuming it from %s (restart %d of %d)", sid,
                                        outcome.error, _describe(store.get(sid)), restarts[sid], STREAM_RESTARTS)
                         pending[sid] = streams[sid].run.remote(resume=store.get(sid), restart=restarts[sid])
+                        restarting.add(sid)
                         continue
                     finals[sid] = outcome
                     del pending[sid]
@@ -181,14 +191,22 @@ def _check_resources(job, job_path: str, use_gpu: bool) -> None:
                          f"{gpus:g}; set engine.replicas to at most {gpus:g}, or model.device: cpu")
 
 
-def _ended(ref, sid: str) -> tuple[StreamStats, bool]:
-    """A finished ``run`` call's final stats, and whether the stream actor itself died (then it may be resumed)."""
+class _Ending(enum.Enum):
+    RETURNED = enum.auto()  # run() returned or raised: the stream ended
+    DIED = enum.auto()  # the stream actor died during the call (it may be resumed)
+    REFUSED = enum.auto()  # the actor was dead or restarting when the call came
+
+
+def _ended(ref, sid: str) -> tuple[StreamStats, _Ending]:
+    """A finished ``run`` call's final stats, and how the call ended."""
     try:
-        return ray.get(ref), False
+        return ray.get(ref), _Ending.RETURNED
+    except ray.exceptions.ActorUnavailableError as e:
+        return StreamStats(sid, StreamState.FAILED, error=f"stream actor died: {e}"), _Ending.REFUSED
     except ray.exceptions.RayActorError as e:
-        return StreamStats(sid, StreamState.FAILED, error=f"stream actor died: {e}"), True
+        return StreamStats(sid, StreamState.FAILED, error=f"stream actor died: {e}"), _Ending.DIED
     except Exception as e:
-        return StreamStats(sid, StreamState.FAILED, error=f"stream actor failed: {e}"), False
+        return StreamStats(sid, StreamState.FAILED, error=f"stream actor failed: {e}"), _Ending.RETURNED
 
 
 def _describe(point) -> str:
