@@ -154,8 +154,9 @@ def write_random_checkpoint(out_dir: str | Path, seed: int = 0, config: Sam3Conf
     return out
 
 
-# Spread of the values drawn for tensors that layer init sets to a constant (as transformers' parity models use).
-_RANDOM_FILL_STD = 0.1
+# Spread of the values drawn for tensors that layer init sets to a constant: the std SAM 3 itself
+# initialises embeddings with; small enough that the tiny demo model still behaves like a model.
+_RANDOM_FILL_STD = 0.02
 
 
 def _randomize_constant_tensors(state: dict[str, torch.Tensor], gen: torch.Generator) -> None:
