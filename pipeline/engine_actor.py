@@ -60,6 +60,10 @@ class EngineStats:
     step_seconds_buckets: list[int] = field(default_factory=lambda: [0] * (len(STEP_SECONDS_BUCKETS) + 1))
     batch_size_buckets: list[int] = field(default_factory=lambda: [0] * (len(BATCH_SIZE_BUCKETS) + 1))
     streams: int = 0
+    started: float = 0.0  # time.time() the actor was built: a new value after Ray restarted it
+    # torch's CUDA caching allocator, read on every stats() call; None on CPU (nothing to report)
+    gpu_memory_allocated_bytes: int | None = None
+    gpu_memory_reserved_bytes: int | None = None
 
     def observe(self, batch: int, seconds: float, objects: int) -> None:
         self.steps += 1
@@ -72,6 +76,16 @@ class EngineStats:
 
 def _bucket(bounds, value) -> int:
     return next((i for i, b in enumerate(bounds) if value <= b), len(bounds))
+
+
+def gpu_memory(device) -> tuple[int, int] | None:
+    """Bytes allocated and reserved by torch on ``device``; None when it is no CUDA device."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -87,7 +101,6 @@ class EngineActor:
         self.engine = StreamingEngine(self.loaded, settings.options, video=video)
         self.max_batch = settings.max_batch
         self.max_wait_s = settings.max_wait_ms / 1000.0
-        self.stats_ = EngineStats()
         self._queue: deque = deque()  # (stream_id, frame, future), released in sequence order
         self._next_seq: dict[str, int] = {}  # per open session: the sequence number released next
         self._early: dict[str, dict[int, tuple]] = {}  # frames that arrived before their predecessors
@@ -95,6 +108,7 @@ class EngineActor:
         self._loop_task: asyncio.Task | None = None
         self._sessions_lock = asyncio.Lock()  # a step and a session edit never overlap
         self._started = time.time()
+        self.stats_ = EngineStats(started=self._started)
 
     async def ready(self) -> dict:
         import torch
@@ -131,6 +145,9 @@ class EngineActor:
                 future.set_exception(RuntimeError(f"session of stream {stream_id!r} was re-opened or closed"))
 
     async def stats(self) -> EngineStats:
+        memory = gpu_memory(self.loaded.device)
+        if memory is not None:
+            self.stats_.gpu_memory_allocated_bytes, self.stats_.gpu_memory_reserved_bytes = memory
         return self.stats_
 
     async def process(self, stream_id: str, seq: int, frame: np.ndarray):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+
+from pipeline.stream_stats import SinkCounts
 
 logger = logging.getLogger(__name__)
 
@@ -11,7 +14,8 @@ class StreamOutputs:
     """Writes one stream's observations and events to every configured sink.
 
     Parquet rows are flushed by size and age on every write (so readers see the data while the
-    job runs); Kafka delivery failures surface on ``flush``/``close`` as ``SinkError``.
+    job runs); Kafka delivery failures surface on ``flush``/``close`` as ``SinkError``. Every
+    failure is counted against the sink it came from (``counts``) and raised on unchanged.
     """
 
     def __init__(self, job, stream_id: str, kafka_servers: str | None, run: str | None = None):
@@ -21,6 +25,7 @@ class StreamOutputs:
         self.stream_id = stream_id
         self.locations: dict[str, str] = {}
         self._parquet = self._kafka = None
+        self._errors: Counter[str] = Counter()  # by sink name
         pq_spec, kafka_spec = job.sinks.parquet, job.sinks.kafka
         if pq_spec is not None:
             self._parquet = ParquetSink(pq_spec.path, job.name, flush_rows=pq_spec.flush_rows,
@@ -30,16 +35,29 @@ class StreamOutputs:
             self._kafka = KafkaSink(kafka_servers, kafka_spec.topic, kafka_spec.events_topic, client=dict(kafka_spec.client))
             self.locations["kafka"] = f"{kafka_servers} {kafka_spec.topic} / {kafka_spec.events_topic}"
 
+    def _sinks(self):
+        return [(name, sink) for name, sink in (("parquet", self._parquet), ("kafka", self._kafka)) if sink is not None]
+
+    def _counted(self, name: str, call, *args) -> None:
+        try:
+            call(*args)
+        except Exception:
+            self._errors[name] += 1
+            raise
+
     def write(self, observations, events) -> None:
-        for sink in (self._parquet, self._kafka):
-            if sink is None:
-                continue
+        for name, sink in self._sinks():
             if observations:
-                sink.write_tracks(observations)
+                self._counted(name, sink.write_tracks, observations)
             if events:
-                sink.write_events(events)
+                self._counted(name, sink.write_events, events)
         if self._parquet is not None:
-            self._parquet.maybe_flush()
+            self._counted("parquet", self._parquet.maybe_flush)
+
+    def counts(self) -> dict[str, SinkCounts]:
+        """Per sink: records written for good (Parquet rows in files, Kafka records acknowledged) and failures."""
+        written = {"parquet": lambda s: s.rows_written, "kafka": lambda s: s.sent}
+        return {name: SinkCounts(written[name](sink), self._errors[name]) for name, sink in self._sinks()}
 
     def sequence(self) -> dict[str, int]:
         """The Parquet rollback point of this stream (empty without a Parquet sink)."""
@@ -52,18 +70,15 @@ class StreamOutputs:
 
     def flush(self) -> None:
         """Make everything written so far durable (Parquet files on disk, Kafka records acknowledged)."""
-        for sink in (self._parquet, self._kafka):
-            if sink is not None:
-                sink.flush()
+        for name, sink in self._sinks():
+            self._counted(name, sink.flush)
 
     def close(self) -> None:
         """Flush and close every sink; the first failure is raised after all were closed."""
         errors = []
-        for sink in (self._parquet, self._kafka):
-            if sink is None:
-                continue
+        for name, sink in self._sinks():
             try:
-                sink.close()
+                self._counted(name, sink.close)
             except Exception as e:
                 errors.append(e)
         if errors:

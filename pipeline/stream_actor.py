@@ -24,7 +24,7 @@ import ray
 from operators.lifecycle import StreamTracks
 from operators.resume_point import ResumePoint, StreamState
 from pipeline.engine_link import Collected, EngineLink
-from pipeline.stream_stats import StreamCounters, StreamStats
+from pipeline.stream_stats import ArrivalTimes, FrameLatency, StreamCounters, StreamStats
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class StreamActor:
         self.state = StreamState.STARTING
         self.error: str | None = None
         self.objects = 0  # on the latest processed frame
+        self.arrivals = ArrivalTimes()  # when each frame was decoded, for its end-to-end latency
+        self.latency = FrameLatency()
         self.position: tuple[int, float] = (0, 0.0)  # index and pts of the last frame handled
         self.resume_every_s = job.sinks.parquet.flush_seconds if job.sinks.parquet else RESUME_POINT_EVERY_S
         self._resume_due = 0.0  # time.monotonic() of the next resume point
@@ -70,8 +72,9 @@ class StreamActor:
 
     def get_stats(self) -> StreamStats:
         locations = dict(self.outputs.locations) if self.outputs is not None else {}
+        sinks = self.outputs.counts() if self.outputs is not None else {}
         return StreamStats(self.stream.id, self.state, replace(self.counters), self.objects, self.error, locations,
-                           time.time())
+                           time.time(), target_fps=self.stream.fps, latency=self.latency, sinks=sinks)
 
     def run(self, resume: ResumePoint | None = None, restart: int = 0) -> StreamStats:
         """Process the stream to its end; returns its final stats. After the actor died, ``restart``
@@ -125,6 +128,7 @@ class StreamActor:
                                should_stop=self._stop.is_set)
         if resume is not None:
             source = frames_after(source, resume, stream.live)
+        source = self.arrivals.stamp(source)  # on the decode thread, as each frame is decoded
         return decode_ahead(source, self.link.window, stream.live, self.counters, self._stop)
 
     def _handle(self, collected: Collected) -> None:
@@ -133,6 +137,8 @@ class StreamActor:
             self.tracks.relink_by_boxes(result.objects)
         observations, events = self.tracks.update(result, frame.pts_s, _now(), frame_index=frame.index)
         self._publish(observations, events)
+        if (seconds := self.arrivals.latency(frame.index)) is not None:
+            self.latency = self.latency.observe(seconds)
         self.counters.frames_processed += 1
         self.objects = len(result.objects)
         self.position = (frame.index, frame.pts_s)
