@@ -1,13 +1,10 @@
 """Per-stream track table: turns the engine's per-frame objects into published observations and events.
 
 Publication rule, per watchlist concept (objects of concepts not in the watchlist are ignored):
-an object *qualifies* on a frame when its ``score`` reaches the concept's threshold and its
-anchor point lies inside one of the concept's zones (no zones: anywhere). The anchor is the
-mask's centroid (pixel centres, so a pixel ``(x, y)`` counts as ``(x + 0.5, y + 0.5)``), or
-the box centre for an empty mask; ``zone_anchor`` can choose the box centre or the middle of
-the box's bottom edge (where people and vehicles touch the ground) instead. The object is
-*published* once it has qualified on ``min_frames`` consecutive processed frames spanning at
-least ``min_seconds`` of presentation time, and is not tentative (unless ``publish_tentative``);
+an object *qualifies* on a frame as its ``WatchRule`` says (score and zones, see
+``operators.watchlist_rules``). The object is *published* once it has qualified on ``min_frames``
+consecutive processed frames spanning at least ``min_seconds`` of presentation time, and is not
+tentative (unless ``publish_tentative``);
 tentative frames count towards the streak. Before publication a frame that does not qualify
 (absent, low score, outside the zones) restarts the streak.
 
@@ -18,9 +15,12 @@ when the engine retracts it, or at :meth:`StreamTracks.close`. ``track_end`` car
 frame index and pts of the track's *last observation* (so its event id does not depend on when
 the end was noticed), ``duration_s`` from the first to the last observation, ``max_score`` and
 ``best_frame_index`` (first frame with that score), and ``details`` with ``reason``
-("lost" | "retracted" | "stream_end"), ``decided_frame_index`` (the frame that ended it) and
+("lost" | "retracted" | "stream_end" | "concept_removed"), ``decided_frame_index`` (the frame that ended it) and
 ``observations``. ``track_start`` details give ``first_frame_index``/``first_pts_s``, where the
 qualifying streak began. Ended tracks are dropped, so memory stays proportional to the live objects.
+
+Rules can change while the stream runs (:meth:`StreamTracks.set_rule`, :meth:`StreamTracks.remove_rule`,
+between two frames): a changed rule decides from the next frame on, live tracks keep their ids.
 
 Identity: ``track_id`` in the output is a durable stream-level id. A new engine id keeps its own
 number when that number has never been issued on this stream, otherwise it gets the next unused
@@ -38,81 +38,26 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from operators.records import Event, TrackObservation
 from operators.relink import Box, match_tracks
+from operators.stream_events import StreamEvents
+from operators.watchlist_rules import ZONE_ANCHORS, WatchRule, ZoneAnchor
 from sam3_runtime.masks import encode_rle
 from sam3_runtime.video.types import FrameResult, TrackedObject
 
 logger = logging.getLogger(__name__)
 
-ZoneAnchor = Literal["centroid", "box_center", "box_bottom"]
-STATE_VERSION = 2  # of state_dict(); 2 added each track's last box
+STATE_VERSION = 3  # of state_dict(); 2 added each track's last box, 3 the rules in force
 _TIME_EPS_S = 1e-6  # pts differences are sums of float frame times
-
-
-@dataclass(frozen=True)
-class _Rule:
-    concept: str
-    threshold: float
-    min_frames: int
-    min_seconds: float
-    zones: tuple[np.ndarray, ...]  # each [K, 2] float64 polygon, pixels
-
-
-def _rule(rule: Any) -> _Rule:
-    """Validate any object with concept/threshold/min_frames/min_seconds/zones attributes."""
-    concept = getattr(rule, "concept", None)
-    if not isinstance(concept, str) or not concept.strip():
-        raise ValueError(f"watchlist rule {rule!r} has no concept name; give each rule a non-empty `concept`")
-    threshold = float(getattr(rule, "threshold", 0.5))
-    min_frames = int(getattr(rule, "min_frames", 1))
-    min_seconds = float(getattr(rule, "min_seconds", 0.0))
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"rule {concept!r}: threshold must be in [0, 1], got {threshold}")
-    if min_frames < 0 or not (min_seconds >= 0.0 and math.isfinite(min_seconds)):
-        raise ValueError(f"rule {concept!r}: min_frames and min_seconds must be >= 0, got {min_frames}, {min_seconds}")
-    zones = []
-    for i, zone in enumerate(getattr(rule, "zones", None) or []):
-        poly = np.asarray(zone, dtype=np.float64)
-        if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.isfinite(poly).all():
-            raise ValueError(
-                f"rule {concept!r}: zone {i} must be a polygon of at least 3 [x, y] pixel points, got {zone!r}"
-            )
-        zones.append(poly)
-    return _Rule(concept, threshold, min_frames, min_seconds, tuple(zones))
 
 
 def _box(values: Iterable[float]) -> Box:
     x0, y0, x1, y1 = (float(v) for v in values)
     return x0, y0, x1, y1
-
-
-def _inside(poly: np.ndarray, x: float, y: float) -> bool:
-    """Even-odd rule: count the polygon edges crossed by a ray from (x, y) towards +x."""
-    xs, ys = poly[:, 0], poly[:, 1]
-    xp, yp = np.roll(xs, 1), np.roll(ys, 1)
-    spans = (ys > y) != (yp > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_cross = xs + (y - ys) * (xp - xs) / (yp - ys)
-    return bool(np.count_nonzero(spans & (x < x_cross)) % 2)
-
-
-def _anchor(obj: TrackedObject, mode: ZoneAnchor) -> tuple[float, float]:
-    x0, y0, x1, y1 = obj.box_xyxy
-    if mode == "box_bottom":
-        return (x0 + x1) / 2, y1
-    if mode == "centroid":
-        mask = np.asarray(obj.mask, dtype=bool)
-        cols = mask.sum(axis=0)
-        area = int(cols.sum())
-        if area:
-            rows = mask.sum(axis=1)
-            return float(cols @ (np.arange(len(cols)) + 0.5)) / area, float(rows @ (np.arange(len(rows)) + 0.5)) / area
-    return (x0 + x1) / 2, (y0 + y1) / 2
 
 
 @dataclass
@@ -135,18 +80,13 @@ class _Track:
     last_box: Box | None = None  # where the engine last saw it, qualifying or not: the relink memory
 
 
-def stream_event(
-    type_: str, job: str, stream_id: str, frame_index: int | None, ts: datetime, *,
-    pts_s: float | None = None, error: str | BaseException | None = None, **details: Any,
-) -> Event:
-    """A stream-level event (no track); its id is deterministic from (stream, frame_index, type)."""
-    return Event(
-        type=type_, job=job, stream_id=stream_id, ts=ts, frame_index=frame_index, pts_s=pts_s,
-        error=None if error is None else str(error), details=details,
-    )
+def saved_rules(state: Mapping[str, Any]) -> list[WatchRule] | None:
+    """The rules in force when :meth:`StreamTracks.state_dict` was taken (None before state version 3)."""
+    rules = state.get("rules")
+    return None if rules is None else [WatchRule.from_any(rule) for rule in rules]
 
 
-class StreamTracks:
+class StreamTracks(StreamEvents):
     """The track table of one stream; see the module docstring for the rules it applies."""
 
     def __init__(
@@ -163,15 +103,15 @@ class StreamTracks:
     ) -> None:
         if end_after_frames < 1:
             raise ValueError(f"end_after_frames must be >= 1, got {end_after_frames}")
-        if zone_anchor not in ("centroid", "box_center", "box_bottom"):
+        if zone_anchor not in ZONE_ANCHORS:
             raise ValueError(f"zone_anchor must be 'centroid', 'box_center' or 'box_bottom', got {zone_anchor!r}")
         self.job, self.stream_id, self.source, self.model = job, stream_id, source, model
         self.end_after_frames = end_after_frames
         self.publish_tentative = publish_tentative
         self.zone_anchor: ZoneAnchor = zone_anchor
-        self.rules: dict[str, _Rule] = {}
+        self.rules: dict[str, WatchRule] = {}
         for raw in rules:
-            rule = _rule(raw)
+            rule = WatchRule.from_any(raw)
             if rule.concept in self.rules:
                 raise ValueError(f"concept {rule.concept!r} appears twice in the watchlist of stream {stream_id!r}")
             self.rules[rule.concept] = rule
@@ -265,15 +205,17 @@ class StreamTracks:
             fields["max_score"] = None if track.max_score == -math.inf else track.max_score
             fields["last_box"] = None if track.last_box is None else list(track.last_box)
             tracks.append(fields)
-        return {"version": STATE_VERSION, "stream_id": self.stream_id, "next_id": self._next_id, "tracks": tracks}
+        return {"version": STATE_VERSION, "stream_id": self.stream_id, "next_id": self._next_id, "tracks": tracks,
+                "rules": [rule.to_dict() for rule in self.rules.values()]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict` output (same stream); replaces the whole table.
 
         Version 1 (before the table kept last boxes) loads too; its tracks have a last box only
-        where the caller added one.
+        where the caller added one. The rules stay those the table was built with (see
+        :func:`saved_rules` for the ones in the state).
         """
-        if state.get("version") not in (1, STATE_VERSION) or state.get("stream_id") != self.stream_id:
+        if state.get("version") not in (1, 2, STATE_VERSION) or state.get("stream_id") != self.stream_id:
             raise ValueError(f"state of stream {state.get('stream_id')!r} (version {state.get('version')}) cannot be "
                              f"loaded into stream {self.stream_id!r}: resume a stream only from its own resume point")
         live = {}
@@ -286,6 +228,34 @@ class StreamTracks:
             live[track.durable_id] = track
         self._live, self._by_engine, self._pending = live, {}, {}
         self._next_id = max([int(state["next_id"]), *(d + 1 for d in live)])
+
+    # -- live watchlist changes ------------------------------------------------------------------
+
+    def set_rule(self, rule: Any) -> WatchRule | None:
+        """Add a concept's rule or replace it; it decides from the next :meth:`update` on. Returns the old rule.
+
+        Live tracks of the concept keep their ids, streaks and histories.
+        """
+        new = WatchRule.from_any(rule)
+        old = self.rules.get(new.concept)
+        self.rules[new.concept] = new
+        return old
+
+    def remove_rule(self, concept: str, frame_index: int, ts: datetime) -> list[Event]:
+        """Stop watching ``concept``: its published tracks end (reason ``concept_removed``), its candidates go.
+
+        Raises ``KeyError`` when the concept is not watched.
+        """
+        if concept not in self.rules:
+            raise KeyError(f"stream {self.stream_id!r} does not watch {concept!r} (it watches {sorted(self.rules)})")
+        del self.rules[concept]
+        events = []
+        for track in [t for t in self._live.values() if t.concept == concept]:
+            self._drop(track)
+            self._pending = {e: d for e, d in self._pending.items() if d != track.durable_id}
+            if track.published:
+                events.append(self._end_event(track, "concept_removed", frame_index, ts))
+        return events
 
     # -- per frame ----------------------------------------------------------------------------
 
@@ -318,7 +288,7 @@ class StreamTracks:
             track = self._by_engine.get(obj.track_id) or self._new_track(obj.track_id, obj.concept)
             present.add(track.durable_id)
             track.last_box = _box(obj.box_xyxy)
-            qualifies = obj.score >= rule.threshold and self._in_zones(obj, rule)
+            qualifies = rule.qualifies(obj, self.zone_anchor)
             if not track.published:
                 if not qualifies:
                     track.streak_frames = 0
@@ -371,12 +341,6 @@ class StreamTracks:
         self._live, self._by_engine, self._pending = {}, {}, {}
         return events
 
-    def _in_zones(self, obj: TrackedObject, rule: _Rule) -> bool:
-        if not rule.zones:
-            return True
-        x, y = _anchor(obj, self.zone_anchor)
-        return any(_inside(zone, x, y) for zone in rule.zones)
-
     # -- records ------------------------------------------------------------------------------
 
     def _drop(self, track: _Track) -> None:
@@ -415,28 +379,3 @@ class StreamTracks:
             duration_s=track.last_pts - track.start_pts, max_score=track.max_score, best_frame_index=track.best_frame,
             details={"reason": reason, "decided_frame_index": decided, "observations": track.observations, **details},
         )
-
-    # -- stream events ------------------------------------------------------------------------
-
-    def stream_start(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
-        return stream_event("stream_start", self.job, self.stream_id, frame_index, ts, pts_s=pts_s,
-                            source=self.source, model=self.model, **details)
-
-    def stream_end(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
-        return stream_event("stream_end", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, **details)
-
-    def stream_error(
-        self, frame_index: int, ts: datetime, error: str | BaseException, *, pts_s: float | None = None, **details: Any
-    ) -> Event:
-        return stream_event("stream_error", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error, **details)
-
-    def stream_resume(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
-        """The stream carries on from its resume point at ``frame_index`` after its process died."""
-        return stream_event("stream_resume", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, **details)
-
-    def stream_reconnect(
-        self, frame_index: int, ts: datetime, *, attempt: int, error: str | BaseException | None, downtime_s: float,
-        pts_s: float | None = None,
-    ) -> Event:
-        return stream_event("stream_reconnect", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error,
-                            attempt=attempt, downtime_s=downtime_s)

@@ -3,7 +3,9 @@
 A ``TrackObservation`` is one object on one processed frame; an ``Event`` marks a moment in a
 track's or a stream's life. Both carry ``schema_version`` in their JSON so that consumers can
 evolve with the producer. ``event_id`` is derived from (stream, track, frame, type), so a
-re-run or a retried delivery produces the same id and consumers can de-duplicate on it.
+re-run or a retried delivery produces the same id and consumers can de-duplicate on it; a
+``watchlist_changed`` / ``watchlist_rejected`` event's id also covers its ``details["change"]``
+(two changes on one frame are two events).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ SCHEMA_VERSION = 1
 
 EVENT_TYPES = (
     "track_start", "track_end", "stream_start", "stream_end", "stream_error", "stream_reconnect", "stream_resume",
+    "watchlist_changed", "watchlist_rejected",
 )
+KEYED_BY_CHANGE = ("watchlist_changed", "watchlist_rejected")  # their id also covers details["change"]
 
 # COCO compressed RLE of a mask, as every record carries it
 MASK_TYPE = pa.struct([("size", pa.list_(pa.int32(), 2)), ("counts", pa.string())])
@@ -88,9 +92,11 @@ class TrackObservation:
         return json.dumps(row, separators=(",", ":")).encode()
 
 
-def event_id(stream_id: str, track_id: int | None, frame_index: int | None, type_: str) -> str:
-    """Deterministic id of an event: the same (stream, track, frame, type) always gives the same id."""
+def event_id(stream_id: str, track_id: int | None, frame_index: int | None, type_: str, change: Any = None) -> str:
+    """Deterministic id of an event: the same (stream, track, frame, type[, change]) always gives the same id."""
     key = f"{stream_id}\x1f{track_id}\x1f{frame_index}\x1f{type_}"
+    if change is not None:
+        key += "\x1f" + json.dumps(change, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -117,7 +123,8 @@ class Event:
 
     @property
     def event_id(self) -> str:
-        return event_id(self.stream_id, self.track_id, self.frame_index, self.type)
+        change = self.details.get("change") if self.type in KEYED_BY_CHANGE else None
+        return event_id(self.stream_id, self.track_id, self.frame_index, self.type, change)
 
     def to_row(self) -> dict[str, Any]:
         row = _fields(self)

@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from operators.lifecycle import StreamTracks, _inside
+from operators.lifecycle import StreamTracks
+from operators.watchlist_rules import inside as _inside
 from operators.records import EVENT_SCHEMA, TRACK_SCHEMA
 from sam3_runtime.masks import decode_rle
 from sam3_runtime.video.types import FrameResult, TrackedObject

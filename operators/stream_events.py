@@ -1,0 +1,56 @@
+"""Stream-level events (no track): start, end, error, resume, reconnect, and live watchlist changes.
+
+Their ids are deterministic from (stream, frame_index, type), and for watchlist changes from the
+change too, so a re-run or a retried delivery produces the same ids.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from operators.records import Event
+
+
+def stream_event(
+    type_: str, job: str, stream_id: str, frame_index: int | None, ts: datetime, *,
+    pts_s: float | None = None, error: str | BaseException | None = None, **details: Any,
+) -> Event:
+    """A stream-level event (no track); its id is deterministic from (stream, frame_index, type)."""
+    return Event(
+        type=type_, job=job, stream_id=stream_id, ts=ts, frame_index=frame_index, pts_s=pts_s,
+        error=None if error is None else str(error), details=details,
+    )
+
+
+
+class StreamEvents:
+    """The stream events of one stream; :class:`operators.lifecycle.StreamTracks` builds on it."""
+
+    job: str
+    stream_id: str
+    source: str
+    model: str
+
+    def stream_start(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
+        return stream_event("stream_start", self.job, self.stream_id, frame_index, ts, pts_s=pts_s,
+                            source=self.source, model=self.model, **details)
+
+    def stream_end(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
+        return stream_event("stream_end", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, **details)
+
+    def stream_error(
+        self, frame_index: int, ts: datetime, error: str | BaseException, *, pts_s: float | None = None, **details: Any
+    ) -> Event:
+        return stream_event("stream_error", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error, **details)
+
+    def stream_resume(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
+        """The stream carries on from its resume point at ``frame_index`` after its process died."""
+        return stream_event("stream_resume", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, **details)
+
+    def stream_reconnect(
+        self, frame_index: int, ts: datetime, *, attempt: int, error: str | BaseException | None, downtime_s: float,
+        pts_s: float | None = None,
+    ) -> Event:
+        return stream_event("stream_reconnect", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error,
+                            attempt=attempt, downtime_s=downtime_s)
