@@ -27,10 +27,8 @@ def stream_event(
 class StreamEvents:
     """The stream events of one stream; :class:`operators.lifecycle.StreamTracks` builds on it."""
 
-    job: str
-    stream_id: str
-    source: str
-    model: str
+    def __init__(self, job: str, stream_id: str, source: str = "", model: str = "") -> None:
+        self.job, self.stream_id, self.source, self.model = job, stream_id, source, model
 
     def stream_start(self, frame_index: int, ts: datetime, *, pts_s: float | None = None, **details: Any) -> Event:
         return stream_event("stream_start", self.job, self.stream_id, frame_index, ts, pts_s=pts_s,
@@ -54,3 +52,20 @@ class StreamEvents:
     ) -> Event:
         return stream_event("stream_reconnect", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error,
                             attempt=attempt, downtime_s=downtime_s)
+
+    def watchlist_changed(
+        self, frame_index: int, ts: datetime, change: dict[str, Any], *, source: str, command: str,
+        pts_s: float | None = None,
+    ) -> Event:
+        """A rule ``change`` (``RuleChange.to_dict()``) is in force from ``frame_index`` on."""
+        return Event(type="watchlist_changed", job=self.job, stream_id=self.stream_id, ts=ts, frame_index=frame_index,
+                     pts_s=pts_s, concept=change.get("concept"),
+                     details={"change": change, "source": source, "command": command})
+
+    def watchlist_rejected(
+        self, frame_index: int | None, ts: datetime, problem: str, *, source: str, command: Any,
+        pts_s: float | None = None,
+    ) -> Event:
+        """A command (its JSON, or its text when it was not JSON) was refused; nothing changed."""
+        return Event(type="watchlist_rejected", job=self.job, stream_id=self.stream_id, ts=ts, frame_index=frame_index,
+                     pts_s=pts_s, error=problem, details={"change": {"command": command}, "source": source})

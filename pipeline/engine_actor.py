@@ -134,6 +134,20 @@ class EngineActor:
             self._forget(stream_id)
             self.stats_.streams = len(self.engine.stream_ids)
 
+    async def add_concept(self, stream_id: str, concept: str) -> None:
+        """Detect ``concept`` on the stream from its next step on; its other tracks keep their ids."""
+        async with self._sessions_lock:  # never in the middle of a step
+            self.engine.add_concept(stream_id, concept)
+
+    async def remove_concept(self, stream_id: str, concept: str) -> None:
+        """Stop detecting ``concept`` on the stream and drop its tracks."""
+        async with self._sessions_lock:
+            self.engine.remove_concept(stream_id, concept)
+
+    async def concepts(self, stream_id: str) -> list[str]:
+        """The concepts the stream's session detects now."""
+        return sorted(self.engine.session(stream_id).concepts.values())
+
     def _forget(self, stream_id: str) -> None:
         """Drop a session's sequencing state; its frames not stepped yet fail (their caller is gone)."""
         self._next_seq.pop(stream_id, None)

@@ -69,6 +69,28 @@ class EngineLink:
         ray.get(self.engine.open.remote(self.stream_id, self.concepts, self.detection_threshold))
         self._started_session()
 
+    def change_concepts(self, add: Sequence[str], remove: Sequence[str], detection_threshold: float) -> None:
+        """Between two frames (nothing in flight): detect ``add``, stop detecting ``remove``.
+
+        A ``detection_threshold`` below the session's needs a session that detects that low: the
+        session is re-opened (its next result is a new session, whose objects the caller re-links).
+        An engine that died meanwhile is waited for and re-opened with the new concepts.
+        """
+        if self._in_flight:
+            raise RuntimeError(f"stream {self.stream_id!r}: concepts change between frames, {self.in_flight} in flight")
+        self.concepts = [c for c in self.concepts if c not in remove] + [c for c in add if c not in self.concepts]
+        try:
+            if detection_threshold < self.detection_threshold:
+                self.detection_threshold = detection_threshold
+                self.open()
+                return
+            for concept in remove:
+                ray.get(self.engine.remove_concept.remote(self.stream_id, concept))
+            for concept in add:
+                ray.get(self.engine.add_concept.remote(self.stream_id, concept))
+        except RayActorError as e:
+            self._recover(e)
+
     def send(self, frame: Frame) -> None:
         self._in_flight.append((frame, self._send(frame)))
 

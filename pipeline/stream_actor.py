@@ -21,9 +21,12 @@ from datetime import UTC, datetime
 
 import ray
 
-from operators.lifecycle import StreamTracks
+from operators.lifecycle import StreamTracks, saved_rules
 from operators.resume_point import ResumePoint, StreamState
+from operators.watchlist_changes import ControlCommand
+from operators.watchlist_rules import WatchRule
 from pipeline.engine_link import Collected, EngineLink
+from pipeline.live_watchlist import LiveWatchlist, Rejection
 from pipeline.stream_stats import ArrivalTimes, FrameLatency, StreamCounters, StreamStats
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,16 @@ class StreamActor:
         self._resume_due = 0.0  # time.monotonic() of the next resume point
         self._resume_point: ResumePoint | None = None
         self._stop = threading.Event()
+        self.live_watchlist = LiveWatchlist(stream.id)  # commands wait here for the next frame boundary
+
+    def submit_command(self, command: ControlCommand | Rejection) -> None:
+        """A live watchlist command (or one the driver rejected), applied before the stream's next frame."""
+        self.live_watchlist.submit(command)
+
+    def watch_rules(self) -> list[dict]:
+        """The rules in force now, as ``WatchRule.to_dict()``."""
+        rules = list(self.tracks.rules.values()) if self.tracks is not None else map(WatchRule.from_any, self.rules)
+        return [rule.to_dict() for rule in rules]
 
     def resume_point(self) -> ResumePoint | None:
         """The latest resume point, or None before the first one."""
@@ -83,6 +96,8 @@ class StreamActor:
         from pipeline.outputs import StreamOutputs
 
         model_id = ray.get(self.link.engine.ready.remote())["model"]
+        if resume is not None:
+            self._take_saved_rules(resume, restart)
         self.tracks = StreamTracks(self.job.name, self.stream.id, self.stream.source, model_id, self.rules)
         if resume is not None and resume.run_id:
             self.run_id = resume.run_id  # go on numbering (and taking back) that run's Parquet files
@@ -102,6 +117,8 @@ class StreamActor:
         failure: str | None = None
         try:
             for frame in self._frames(resume):
+                if self.live_watchlist.pending:
+                    self._apply_watchlist_changes(frame)
                 self.link.send(frame)
                 if self.link.full:
                     self._handle(self.link.collect())
@@ -142,6 +159,26 @@ class StreamActor:
         self.counters.frames_processed += 1
         self.objects = len(result.objects)
         self.position = (frame.index, frame.pts_s)
+
+    def _apply_watchlist_changes(self, frame) -> None:
+        """At a frame boundary: the frames in flight are decided by the old rules, ``frame`` on by the new."""
+        while self.link.in_flight:
+            self._handle(self.link.collect())
+        self.live_watchlist.apply(self.tracks, self.link, frame.index, frame.pts_s, lambda e: self._publish([], e))
+
+    def _take_saved_rules(self, resume: ResumePoint, restart: int) -> None:
+        """Within one job run a resumed stream keeps the rules it had changed to live; ``--resume`` (a new
+        run, ``restart`` 0) starts from the job file's."""
+        saved = saved_rules(resume.tracks)
+        if saved is None or saved == [WatchRule.from_any(r) for r in self.rules]:
+            return
+        if not restart:
+            logger.info("stream %s: resumes with the job file's watchlist; the live changes of the earlier run "
+                        "are not carried over", self.stream.id)
+            return
+        self.rules = saved
+        self.link.concepts = [r.concept for r in saved]
+        self.link.detection_threshold = min(r.threshold for r in saved)
 
     def _drain(self) -> None:
         """Frames decoded before a failure still count, as far as the engine still answers."""
