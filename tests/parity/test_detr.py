@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -122,6 +123,46 @@ def test_decoder_parity(hf_detector, modules):
     _close(ours.pred_boxes_xyxy, box_cxcywh_to_xyxy(ref_boxes[-1]))
     # the boxes actually move between layers (refinement is exercised)
     assert (ours.pred_boxes[-1] - ours.reference_boxes[0]).abs().max() > 1e-2
+
+
+def test_decoder_box_refinement_at_the_inverse_sigmoid_clamp(hf_detector, modules):
+    """Reference boxes at exactly 0 and 1 and just inside (1e-4, 1 - 1e-4): refinement goes through
+    ``inverse_sigmoid``, whose eps (1e-3) clamps all four, as transformers' own does."""
+    from transformers.models.sam3.modeling_sam3 import inverse_sigmoid as hf_inverse_sigmoid
+
+    _, dec, _ = modules
+    ours_dec, hf_dec = copy.deepcopy(dec), copy.deepcopy(hf_detector.detr_decoder)
+    near = math.log(1e-4 / (1 - 1e-4))
+    edges = torch.tensor([-200.0, near, -near, 200.0])  # sigmoid: exactly 0, 1e-4, 1 - 1e-4, exactly 1
+    q = DET.detr_decoder_config.num_queries
+    logits = edges[(torch.arange(q)[:, None] + torch.arange(4)[None, :]) % 4]  # every coordinate sees every edge
+    with torch.no_grad():
+        ours_dec.reference_points.weight.copy_(logits)
+        hf_dec.reference_points.weight.copy_(logits)
+    start = logits.sigmoid()
+    assert {0.0, 1.0} <= set(start.flatten().tolist()) and (start - 1e-4).abs().min() < 1e-8
+
+    g = torch.Generator().manual_seed(5)
+    n, t = 2, 4
+    tokens = torch.randn(n, HW[0] * HW[1], D, generator=g)
+    pos = torch.randn(1, HW[0] * HW[1], D, generator=g)
+    prompt = torch.randn(n, t, D, generator=g)
+    mask = torch.arange(t)[None] < torch.tensor([[4], [2]])
+    with torch.no_grad():
+        ref = hf_dec(
+            vision_features=tokens, text_features=prompt, vision_pos_encoding=pos.expand_as(tokens),
+            text_mask=mask, spatial_shapes=torch.tensor([HW]),
+        )
+        ours = ours_dec(tokens, pos, HW, prompt, mask)
+        deltas = hf_dec.box_head(ref.intermediate_hidden_states)
+    ref_boxes = (hf_inverse_sigmoid(ref.reference_boxes) + deltas).sigmoid()
+    assert torch.isfinite(ours.pred_boxes).all()
+    _close(ours.reference_boxes, ref.reference_boxes)
+    _close(ours.pred_boxes, ref_boxes)
+    _close(ours.hidden_states, ref.intermediate_hidden_states)
+    # the clamp decides these boxes: without it the first refinement would land elsewhere
+    unclamped = (hf_inverse_sigmoid(ref.reference_boxes[0], eps=1e-6) + deltas[0]).sigmoid()
+    assert (unclamped - ref_boxes[0]).abs().max() > 1e-3
 
 
 def test_box_attention_bias_matches_reference(hf_detector, modules):
