@@ -80,7 +80,8 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             if broker is not None:
                 cleanup.callback(broker.close)
                 logger.info("embedded Kafka-compatible broker on %s", kafka_servers)
-        _install_signal_handlers(stop, cleanup)
+        reload = threading.Event()  # SIGHUP: read the job file again and apply its watchlist changes
+        _install_signal_handlers(stop, cleanup, reload)
         metrics = JobMetrics(job.name)
         if job.metrics.port:
             try:
@@ -129,6 +130,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             cleanup.callback(ray.kill, actor)
             runs[spec.id] = actor.run.remote(resume=saved.get(spec.id))
 
+        live = _LiveChanges(job_path, job, kafka_servers, run_id, streams, cleanup)
         if on_started is not None:
             on_started(JobActors(engines, streams))
         progress = JobProgress(job.name, enabled=show_progress)
@@ -160,6 +162,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                     del pending[sid]
                     _poll_resume_points(streams, [sid], store)  # its final one: where a --resume would go on
                 _poll_resume_points(streams, pending, store)
+                live.poll(set(pending) if not stopping else set(), reload)
                 snapshot = _poll(streams, finals)
                 engine_stats = _poll_engines(engines)
                 metrics.update(snapshot, engine_stats)
@@ -240,9 +243,40 @@ def _poll_engines(engines: dict) -> dict:
     return _gather({name: actor.stats.remote() for name, actor in engines.items()})
 
 
-def _install_signal_handlers(stop: threading.Event, cleanup: ExitStack) -> None:
+class _LiveChanges:
+    """The job's live watchlist changes: its control topic (when set) and job file reloads."""
+
+    def __init__(self, job_path: str, job, kafka_servers: str | None, run_id: str, streams: dict, cleanup: ExitStack):
+        from pipeline.control import ControlConsumer, JobEvents, stream_rules
+
+        self.job_path, self.job, self.streams = job_path, job, streams
+        self.file_rules = stream_rules(job)  # per stream, the job file's rules last applied
+        self.events = JobEvents(job, kafka_servers, run_id)
+        cleanup.callback(self.events.close)
+        self.control = None
+        kafka = job.sinks.kafka
+        if kafka is not None and kafka.control_topic and kafka_servers:
+            self.control = ControlConsumer(kafka_servers, kafka.control_topic, kafka.client)
+            cleanup.callback(self.control.close)
+            logger.info("live watchlist commands are read from Kafka topic %s", kafka.control_topic)
+
+    def poll(self, running: set[str], reload: threading.Event) -> None:
+        from pipeline.control import dispatch, reload_job
+
+        if self.control is not None:
+            dispatch(self.control.poll(), self.streams, running, self.events)
+        if reload.is_set():
+            reload.clear()
+            logger.info("received SIGHUP: reading %s again", self.job_path)
+            reload_job(self.job_path, self.job, self.file_rules, self.streams, running, self.events)
+
+
+def _install_signal_handlers(stop: threading.Event, cleanup: ExitStack, reload: threading.Event | None = None) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
+    if reload is not None and hasattr(signal, "SIGHUP"):
+        previous_hup = signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
+        cleanup.callback(signal.signal, signal.SIGHUP, previous_hup)
 
     def handler(signum, _frame):
         if stop.is_set():

@@ -38,6 +38,7 @@ class KafkaSinkSpec(Spec):
     bootstrap_servers: str = "embedded"  # "embedded" (bundled local broker) | host:port[,host:port]
     topic: str = "sam3.tracks"
     events_topic: str = "sam3.events"
+    control_topic: str | None = None  # live watchlist commands are read from it; None: no live commands
     client: dict[str, str | int | float | bool] = {}  # extra KafkaProducer settings (security, tuning)
 
     @field_validator("bootstrap_servers")
@@ -53,10 +54,10 @@ class KafkaSinkSpec(Spec):
                 raise ValueError(f"bad Kafka server {server!r} (use 'embedded' or host:port[,host:port])")
         return ",".join(servers)
 
-    @field_validator("topic", "events_topic")
+    @field_validator("topic", "events_topic", "control_topic")
     @classmethod
-    def _topic(cls, value: str) -> str:
-        if not _TOPIC.fullmatch(value):
+    def _topic(cls, value: str | None) -> str | None:
+        if value is not None and not _TOPIC.fullmatch(value):
             raise ValueError(f"bad Kafka topic name {value!r} (letters, digits, '.', '_', '-'; at most 249)")
         return value
 
@@ -77,6 +78,9 @@ class KafkaSinkSpec(Spec):
     def _distinct_topics(self) -> KafkaSinkSpec:
         if self.topic == self.events_topic:
             raise FieldProblem(("events_topic",), f"events_topic must differ from topic ('{self.topic}')")
+        if self.control_topic in (self.topic, self.events_topic):
+            raise FieldProblem(("control_topic",), f"control_topic must differ from topic and events_topic "
+                               f"('{self.control_topic}' is one of them)")
         return self
 
     @property

@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from operators.lifecycle import StreamTracks
-from operators.watchlist_rules import inside as _inside
+from operators.lifecycle import StreamTracks, saved_rules
 from operators.records import EVENT_SCHEMA, TRACK_SCHEMA
+from operators.watchlist_rules import WatchRule
+from operators.watchlist_rules import inside as _inside
 from sam3_runtime.masks import decode_rle
 from sam3_runtime.video.types import FrameResult, TrackedObject
 
@@ -338,3 +339,41 @@ def test_rule_validation():
     # Any object with the attributes works; missing optional ones take defaults.
     tracks = make(SimpleNamespace(concept="person", threshold=0.2))
     assert frame(tracks, 0, [obj(0, score=0.3)])[0]
+
+
+# -- live watchlist changes ---------------------------------------------------------------------
+
+
+def test_removing_a_concept_ends_its_tracks_and_leaves_the_others_alone():
+    tracks = make(Rule("person"), Rule("dog"))
+    frame(tracks, 0, [obj(0), obj(1, concept="dog", box=(40, 10, 50, 30)), obj(2, score=0.1)])
+    events = tracks.remove_rule("person", 1, T0)
+    assert [(e.type, e.track_id, e.details["reason"], e.details["decided_frame_index"]) for e in events] == [
+        ("track_end", 0, "concept_removed", 1)]
+    assert tracks.live_ids(published_only=False) == [1]  # the unpublished person candidate went too
+    observations, events = frame(tracks, 1, [obj(0), obj(1, concept="dog", box=(40, 10, 50, 30))])
+    assert [(o.track_id, o.concept) for o in observations] == [(1, "dog")] and events == []
+    with pytest.raises(KeyError, match="does not watch 'person'"):
+        tracks.remove_rule("person", 2, T0)
+
+
+def test_a_changed_rule_decides_from_the_next_frame_and_tracks_keep_their_ids():
+    tracks = make(Rule("person", threshold=0.5))
+    assert frame(tracks, 0, [obj(3, score=0.6)])[0]
+    old = tracks.set_rule(Rule("person", threshold=0.7))
+    assert old == WatchRule("person", 0.5)
+    observations, _ = frame(tracks, 1, [obj(3, score=0.6)])
+    assert observations == []  # 0.6 no longer qualifies
+    observations, _ = frame(tracks, 2, [obj(3, score=0.8)])
+    assert [o.track_id for o in observations] == [3]
+    assert tracks.set_rule(Rule("dog", threshold=0.2)) is None  # a new concept is watched from now on
+    observations, events = frame(tracks, 3, [obj(3, score=0.8), obj(4, concept="dog", score=0.3, box=(40, 10, 50, 30))])
+    assert sorted(o.track_id for o in observations) == [3, 4] and [e.type for e in events] == ["track_start"]
+
+
+def test_the_rules_in_force_travel_with_the_state():
+    tracks = make(Rule("person"))
+    tracks.set_rule(Rule("dog", threshold=0.25, zones=[[[0, 0], [10, 0], [10, 10]]]))
+    state = tracks.state_dict()
+    assert saved_rules(state) == [WatchRule("person"), WatchRule("dog", 0.25, zones=(((0, 0), (10, 0), (10, 10)),))]
+    assert saved_rules({**state, "rules": None}) is None
