@@ -2,15 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
+import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import pyarrow.dataset as ds
 from prometheus_client.parser import text_string_to_metric_families
 
 from operators.resume_point import StreamState
-from pipeline.engine_actor import EngineStats
+from operators.sinks.parquet_sink import open_dataset
+from operators.synthetic import write_synthetic_video
+from pipeline.driver import JobActors, JobResult, run_job
+from pipeline.engine_actor import EngineStats, gpu_memory
 from pipeline.metrics import JobMetrics
 from pipeline.stream_stats import StreamCounters, StreamStats
+from sam3_runtime.model import write_random_checkpoint
+
+# Only ends a wait that would otherwise hang; the job's own reports decide when to go on.
+HANG_GUARD_S = 300.0
+SHORT_FPS = 5.0
+JOB = """
+name: watch
+model: {{checkpoint: {checkpoint}, device: cpu}}
+engine: {{replicas: 1, max_batch: 2, max_wait_ms: 10, hotstart: "off"}}
+watchlists:
+  shapes:
+    - {{concept: red square, threshold: 0.1}}
+    - {{concept: green disc, threshold: 0.1}}
+streams:
+  - {{id: short, source: '{short}', watchlist: shapes, fps: {fps}}}
+  - {{id: looping, source: '{looping}', watchlist: shapes, loop: true}}
+sinks:
+  parquet: {{path: '{out}', flush_rows: 20, flush_seconds: 1}}
+  kafka: {{bootstrap_servers: embedded, topic: tracks, events_topic: events}}
+metrics: {{port: {port}, host: 127.0.0.1}}
+"""
+ENGINE = (("engine", "engine-0"), ("job", "watch"))
 
 
 def free_port() -> int:
@@ -23,6 +55,79 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _stream(sid: str) -> tuple:
+    return (("job", "watch"), ("stream", sid))
+
+
+def _state_key(sid: str, state: str) -> tuple:
+    return ("sam3_stream_state", (("job", "watch"), ("state", state), ("stream", sid)))
+
+
+@dataclass
+class RunningJob:
+    port: int
+    actors: JobActors
+    out: Path  # the Parquet dataset
+    outcome: dict = field(default_factory=dict)  # "result" (JobResult) or "error", once run_job returned
+
+    @property
+    def result(self) -> JobResult:
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome["result"]
+
+
+@contextlib.contextmanager
+def running_job(tmp_path: Path):
+    """A real job serving metrics: stream ``short`` (a 2 s file sampled at ``SHORT_FPS``) ends by
+    itself, stream ``looping`` replays a file until the block ends and stops it."""
+    media = tmp_path / "media"
+    media.mkdir()
+    short = write_synthetic_video(media / "short.mp4", frames=20, size=(160, 120), fps=10)
+    looping = write_synthetic_video(media / "loop.mp4", frames=10, size=(160, 120), fps=10)
+    port = free_port()
+    path = tmp_path / "watch.yaml"
+    path.write_text(JOB.format(checkpoint=write_random_checkpoint(media / "tiny"), short=short, looping=looping,
+                               fps=SHORT_FPS, out=tmp_path / "out", port=port))
+    started, actors, outcome = threading.Event(), [], {}
+
+    def on_started(job_actors: JobActors) -> None:
+        actors.append(job_actors)
+        started.set()
+
+    def run() -> None:
+        try:
+            outcome["result"] = run_job(str(path), show_progress=False, on_started=on_started)
+        except BaseException as e:
+            outcome["error"] = e
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=run, name="job", daemon=True)
+    thread.start()
+    assert started.wait(HANG_GUARD_S), "the job's streams did not start"
+    if not actors:
+        raise outcome["error"]
+    job = RunningJob(port, actors[0], tmp_path / "out", outcome)
+    try:
+        yield job
+    finally:
+        for stream in job.actors.streams.values():
+            stream.stop.remote()
+        thread.join(HANG_GUARD_S)
+    assert not thread.is_alive(), "the job did not stop"
+
+
+def wait_for_scrape(port: int, condition: Callable[[dict], object], what: str) -> dict:
+    """Scrape until ``condition`` holds for what the job serves; that scrape."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not condition(got := scrape(port)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {HANG_GUARD_S} s")
+        time.sleep(0.2)
+    return got
 
 
 def test_scrape_reports_streams_and_engines_and_close_frees_the_port():
@@ -57,3 +162,54 @@ def test_scrape_reports_streams_and_engines_and_close_frees_the_port():
     assert got[("sam3_engine_step_seconds_bucket", (*eng, ("le", "0.05")))] == 2
     assert got[("sam3_engine_objects", eng)] == 7
     JobMetrics("again").serve(port, "127.0.0.1")  # the port is free again after close()
+
+
+def test_collector_counts_an_engine_rebuilt_between_polls_and_shows_gpu_memory_only_on_cuda():
+    metrics = JobMetrics("lobby")
+    first = EngineStats(started=100.0)
+    metrics.update({}, {"engine-0": first, "engine-1": EngineStats(started=50.0)})
+    metrics.update({}, {"engine-0": first})  # the same actor polled again, engine-1 busy: no restart
+    on_gpu = EngineStats(started=200.0, gpu_memory_allocated_bytes=3 << 20, gpu_memory_reserved_bytes=8 << 20)
+    metrics.update({}, {"engine-0": on_gpu})
+    port = free_port()
+    metrics.serve(port, "127.0.0.1")
+    try:
+        got = scrape(port)
+    finally:
+        metrics.close()
+    eng0, eng1 = (("engine", "engine-0"), ("job", "lobby")), (("engine", "engine-1"), ("job", "lobby"))
+    assert got[("sam3_engine_restarts_total", eng0)] == 1
+    assert got[("sam3_engine_restarts_total", eng1)] == 0
+    assert got[("sam3_engine_gpu_memory_bytes", (*eng0, ("kind", "allocated")))] == 3 << 20
+    assert got[("sam3_engine_gpu_memory_bytes", (*eng0, ("kind", "reserved")))] == 8 << 20
+    assert not any(name == "sam3_engine_gpu_memory_bytes" and ("engine", "engine-1") in labels
+                   for name, labels in got), "an engine on CPU has no GPU memory to report"
+    assert gpu_memory("cpu") is None
+
+
+def test_a_running_job_serves_latency_target_fps_sink_counts_and_engine_restarts(ray_session, tmp_path):
+    with running_job(tmp_path) as job:
+        got = wait_for_scrape(job.port, lambda g: g.get(_state_key("short", "finished")) == 1, "stream short finished")
+        ray_session.kill(job.actors.engines["engine-0"], no_restart=False)
+        restarted = wait_for_scrape(job.port, lambda g: g.get(("sam3_engine_restarts_total", ENGINE)) and
+                                    g.get(("sam3_stream_engine_restarts_total", _stream("looping"))),
+                                    "the engine's restart seen by the collector and by the looping stream")
+    short = _stream("short")
+    processed = got[("sam3_stream_frames_processed_total", short)]
+    assert processed == job.result.streams["short"].counters.frames_processed > 0
+    # every processed frame's latency was observed once, from its decode to its records published
+    assert got[("sam3_stream_latency_seconds_count", short)] == processed
+    assert got[("sam3_stream_latency_seconds_bucket", (short[0], ("le", "+Inf"), short[1]))] == processed
+    assert got[("sam3_stream_latency_seconds_sum", short)] > 0
+    assert got[("sam3_stream_target_fps", short)] == SHORT_FPS
+    assert ("sam3_stream_target_fps", _stream("looping")) not in got  # every frame: no target
+    published = got[("sam3_stream_records_total", short)] + got[("sam3_stream_events_total", short)]
+    tracks = open_dataset(job.out, "tracks").to_table(filter=ds.field("stream_id") == "short").num_rows
+    events = open_dataset(job.out, "events").to_table(filter=ds.field("stream_id") == "short").num_rows
+    assert tracks > 0 and got[("sam3_sink_records_total", (*short[:1], ("sink", "parquet"), short[1]))] == \
+        tracks + events == published
+    assert got[("sam3_sink_records_total", (*short[:1], ("sink", "kafka"), short[1]))] == published
+    for sink in ("parquet", "kafka"):
+        assert got[("sam3_sink_errors_total", (*short[:1], ("sink", sink), short[1]))] == 0
+    assert restarted[("sam3_engine_restarts_total", ENGINE)] == 1
+    assert not any(name == "sam3_engine_gpu_memory_bytes" for name, _ in got), "the job ran on CPU"
