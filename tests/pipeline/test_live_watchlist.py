@@ -338,3 +338,45 @@ def test_control_topic_adds_removes_and_rethresholds_concepts_of_one_stream(ray_
     assert [e["change"]["kind"] for e in records.events if e["type"] == "watchlist_changed" and e["stream_id"] == b] == ["update"]
     ids = [e["event_id"] for e in records.events]
     assert len(ids) == len(set(ids))
+
+
+def test_sighup_applies_an_edited_job_file_and_refuses_an_invalid_one(ray_session, media, broker, tmp_path):
+    name, sid = "live-hup", "cam-h"
+    job = _write_job(tmp_path / "job.yaml", media, broker, name, [sid], control=False)
+    original = job.read_text()
+    records = Records(broker, name)
+    log = (tmp_path / "driver.log").open("w")
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(job), "--no-progress"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        records.wait_event("stream start", type="stream_start", stream_id=sid)
+        # a threshold changed, a concept added, and an engine setting that needs a restart
+        edited = original.replace("- {concept: red square, threshold: 0.1}",
+                                  "- {concept: red square, threshold: 0.3}\n    - {concept: green disc}")
+        job.write_text(edited.replace("max_wait_ms: 5", "max_wait_ms: 6"))
+        driver.send_signal(signal.SIGHUP)
+        update = records.wait_event("update", type="watchlist_changed", stream_id=sid, change__kind="update")
+        add = records.wait_event("add", type="watchlist_changed", stream_id=sid, change__kind="add")
+        assert update["source"] == add["source"] == "sighup" and update["frame_index"] == add["frame_index"]
+        assert (update["change"]["old"]["threshold"], update["change"]["new"]["threshold"]) == (0.1, 0.3)
+        assert add["concept"] == "green disc" and add["change"]["new"]["threshold"] == 0.5
+
+        job.write_text(edited.replace("threshold: 0.3", "threshold: 2"))  # fails validation: nothing changes
+        driver.send_signal(signal.SIGHUP)
+        refused = records.wait_event("refused reload", type="watchlist_rejected", stream_id=JOB_STREAM_ID)
+        assert refused["source"] == "sighup" and f"{job}:7: watchlists.shapes[0].threshold" in refused["error"]
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(HANG_GUARD_S) == 0
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        log.close()
+    records.wait_event("stream end", type="stream_end", stream_id=sid)
+    records.close()
+    changes = [e for e in records.events if e["type"] == "watchlist_changed"]
+    assert len(changes) == 2  # the refused file changed nothing
+    text = (tmp_path / "driver.log").read_text()
+    assert "engine changed: a restart is needed for that" in text
+    assert "job file reload refused, nothing changed" in text
