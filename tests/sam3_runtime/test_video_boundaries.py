@@ -15,10 +15,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from sam3_runtime.config import Sam3Config, VideoConfig
+from sam3_runtime.config import VideoConfig
 from sam3_runtime.video.heuristics import associate
 from sam3_runtime.video.planning import MaskletTable, plan_frame
-from tests.parity.hf_reference import hf_video_model
 from tests.sam3_runtime.test_video_heuristics import (
     BOX_A,
     BOX_B,
@@ -34,20 +33,6 @@ BORN = 2  # frame on which the scenarios' objects start: the rules count from it
 
 Dets = list[tuple[tuple[int, int, int, int], float]]
 Tracks = Callable[[int, int], tuple[int, int, int, int] | None]  # (frame, obj id) -> box, None = empty mask
-
-
-@pytest.fixture(scope="module")
-def shared_hf_model():
-    """Built once per module; tests patch it only through their own ``monkeypatch``."""
-    model = hf_video_model(Sam3Config.tiny())
-    return model, dict(model._modules)
-
-
-@pytest.fixture
-def hf_model(shared_hf_model):
-    model, submodules = shared_hf_model
-    assert dict(model._modules) == submodules, "an earlier test left the shared reference model changed"
-    return model
 
 
 @dataclasses.dataclass

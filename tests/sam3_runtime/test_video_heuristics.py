@@ -15,7 +15,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from sam3_runtime.config import Sam3Config, VideoConfig
+from sam3_runtime.config import VideoConfig
 from sam3_runtime.masks import mask_nms
 from sam3_runtime.video.heuristics import (
     associate,
@@ -28,24 +28,8 @@ from sam3_runtime.video.heuristics import (
     suppress_shrunk_masks,
 )
 from sam3_runtime.video.planning import NOT_SEEN, MaskletTable, plan_frame
-from tests.parity.hf_reference import hf_video_model
 
 H = W = 32
-
-
-@pytest.fixture(scope="module")
-def shared_hf_model():
-    """Built once per module (seconds); tests patch it only through their own ``monkeypatch``."""
-    model = hf_video_model(Sam3Config.tiny())
-    return model, dict(model._modules)
-
-
-@pytest.fixture
-def hf_model(shared_hf_model):
-    """The shared reference, checked to be as built so no test depends on the ones before it."""
-    model, submodules = shared_hf_model
-    assert dict(model._modules) == submodules, "an earlier test left the shared reference model changed"
-    return model
 
 
 def configure(monkeypatch, model, cfg: VideoConfig) -> None:
