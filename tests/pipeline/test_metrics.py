@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.dataset as ds
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from operators.resume_point import StreamState
@@ -20,7 +21,7 @@ from operators.synthetic import write_synthetic_video
 from pipeline.driver import JobActors, JobResult, run_job
 from pipeline.engine_actor import EngineStats, gpu_memory
 from pipeline.metrics import JobMetrics
-from pipeline.stream_stats import StreamCounters, StreamStats
+from pipeline.stream_stats import SinkCounts, StreamCounters, StreamStats
 from sam3_runtime.model import write_random_checkpoint
 
 # Only ends a wait that would otherwise hang; the job's own reports decide when to go on.
@@ -213,3 +214,30 @@ def test_a_running_job_serves_latency_target_fps_sink_counts_and_engine_restarts
         assert got[("sam3_sink_errors_total", (*short[:1], ("sink", sink), short[1]))] == 0
     assert restarted[("sam3_engine_restarts_total", ENGINE)] == 1
     assert not any(name == "sam3_engine_gpu_memory_bytes" for name, _ in got), "the job ran on CPU"
+
+
+def test_stream_outputs_count_a_failing_sink_against_that_sink(tmp_path):
+    from datetime import UTC, datetime
+
+    from operators.records import Event
+    from operators.sinks import SinkError
+    from pipeline.jobspec import parse_job
+    from pipeline.outputs import StreamOutputs
+
+    out = tmp_path / "out"
+    job = parse_job(f"""
+name: sinks
+model: {{checkpoint: facebook/sam3, device: cpu}}
+watchlists: {{shapes: [{{concept: red square}}]}}
+streams: [{{id: cam, source: '{tmp_path / "v.mp4"}', watchlist: shapes}}]
+sinks: {{parquet: {{path: '{out}', flush_rows: 1}}}}
+metrics: {{port: null}}
+""", base_dir=tmp_path)
+    outputs = StreamOutputs(job, "cam", kafka_servers=None, run="r1")
+    out.rmdir()
+    out.write_text("not a directory")  # no Parquet file can be written under it any more
+    event = Event("stream_start", "sinks", "cam", datetime.now(UTC), frame_index=0)
+    assert outputs.counts() == {"parquet": SinkCounts(records=0, errors=0)}
+    with pytest.raises(SinkError):
+        outputs.write([], [event])
+    assert outputs.counts() == {"parquet": SinkCounts(records=0, errors=1)}
