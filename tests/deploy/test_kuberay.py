@@ -241,6 +241,8 @@ def test_pod_monitors_scrape_named_ports_of_real_pods(overlay):
     ray_ports = {p["containerPort"] for pod in _pods_selected(monitors["sam3-ray"], docs)
                  for c in pod.containers for p in c.get("ports", []) if p["name"] == "metrics"}
     assert ray_ports == {8080}
+    # the app's series carry the job file's `job` label, which alerts and dashboard group by
+    assert all(e.get("honorLabels") is True for e in monitors["sam3-stream"]["spec"]["podMetricsEndpoints"])
 
 
 # --- the job file and the command that runs it -----------------------------------------------------
