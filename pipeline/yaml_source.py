@@ -286,6 +286,20 @@ def _data_path(data: Any, loc: tuple[str | int, ...]) -> YamlPath:
     return tuple(out)
 
 
+def _allowed_keys(path: YamlPath, root: type[BaseModel]) -> list[str]:
+    """The keys the mapping holding ``path``'s last key accepts."""
+    model = model_at(root, path[:-1])
+    return list(model.model_fields) if model is not None else []
+
+
+def _near_miss(path: YamlPath, root: type[BaseModel]) -> str | None:
+    """The allowed key that the unknown key at ``path`` most likely misspells, if any."""
+    if not path:
+        return None
+    close = difflib.get_close_matches(str(path[-1]), _allowed_keys(path, root), n=1)
+    return close[0] if close else None
+
+
 def _expected(error_type: str) -> str | None:
     if error_type == "int_from_float":
         return "a whole number"
@@ -297,11 +311,9 @@ def _describe(error: Mapping[str, Any], path: YamlPath, root: type[BaseModel]) -
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind == "extra_forbidden":
         key = str(path[-1]) if path else "?"
-        model = model_at(root, path[:-1])
-        allowed = list(model.model_fields) if model is not None else []
-        close = difflib.get_close_matches(key, allowed, n=1)
-        suggestion = f"did you mean '{close[0]}'? " if close else ""
-        return f"unknown key '{key}' — {suggestion}(allowed here: {', '.join(allowed)})"
+        close = _near_miss(path, root)
+        suggestion = f"did you mean '{close}'? " if close else ""
+        return f"unknown key '{key}' — {suggestion}(allowed here: {', '.join(_allowed_keys(path, root))})"
     if kind == "missing":
         return f"required key missing (add '{path[-1]}: ...')" if path else "required key missing"
     expected = _expected(kind)
@@ -324,8 +336,13 @@ def _describe(error: Mapping[str, Any], path: YamlPath, root: type[BaseModel]) -
 
 
 def locate_validation_error(error: ValidationError, doc: YamlDocument, root: type[BaseModel]) -> LocatedError:
-    """The first problem of ``error`` (in file order) as one located line, counting the rest."""
+    """The first problem of ``error`` as one located line, counting the rest.
+
+    A misspelt key comes first (``strems:`` is the cause of ``streams: required key missing``,
+    and the missing key it meant is then not reported at all); the rest follow in file order."""
     found: dict[YamlPath, list[tuple[str, str]]] = {}
+    misspelt: set[YamlPath] = set()
+    meant: set[YamlPath] = set()  # the known keys that misspelt keys were meant to be
     for item in error.errors():
         path = _data_path(doc.data, item["loc"])
         cause = (item.get("ctx") or {}).get("error")
@@ -333,7 +350,13 @@ def locate_validation_error(error: ValidationError, doc: YamlDocument, root: typ
             path, problem = path + cause.rel_path, cause.problem
         else:
             problem = _describe(item, path, root)
+        if item["type"] == "extra_forbidden" and (close := _near_miss(path, root)) is not None:
+            misspelt.add(path)
+            meant.add(path[:-1] + (close,))
         found.setdefault(path, []).append((item["type"], problem))
+    for path in meant:
+        if path in found and all(kind == "missing" for kind, _ in found[path]):
+            del found[path]
     problems = []
     for path, items in found.items():
         expected = [e for e in (_expected(kind) for kind, _ in items) if e]
@@ -345,7 +368,7 @@ def locate_validation_error(error: ValidationError, doc: YamlDocument, root: typ
             problem = items[0][1]
         problems.append((doc.lines.locate(path), path, problem))
     main = doc.lines.default.file
-    problems.sort(key=lambda p: (p[0].file != main, p[0].line))
+    problems.sort(key=lambda p: (p[1] not in misspelt, p[0].file != main, p[0].line))
     location, path, problem = problems[0]
     if len(problems) > 1:
         problem += f" [+{len(problems) - 1} more problem(s) after this one]"

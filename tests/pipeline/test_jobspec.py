@@ -417,3 +417,36 @@ def test_first_problem_in_file_order_and_the_rest_counted(tmp_path):
     error, job = load_error(tmp_path, text)
     assert_located(error, job, 2, "engine.max_batch", "expected an integer")
     assert re.search(r"\[\+1 more problem", str(error))
+
+
+def test_misspelt_top_level_key_is_named_instead_of_the_missing_one(tmp_path):
+    text = BASE.replace("streams:", "strems:")
+    error, job = load_error(tmp_path, text)
+    assert_located(error, job, line_of(text, "strems:"), "strems", "unknown key 'strems'", "did you mean 'streams'?")
+    assert "required key missing" not in str(error) and "more problem" not in str(error), str(error)
+
+
+# (text added to BASE or a replacement in it, the misspelt key's line, its field path, the key it meant)
+MISSPELT_KEYS = [
+    (BASE + "metrcs:\n  port: 9000\n", "metrcs:", "metrcs", "metrics"),
+    (BASE + "model:\n  devce: cpu\n", "devce", "model.devce", "device"),
+    (BASE + "engine:\n  max_bach: 4\n", "max_bach", "engine.max_bach", "max_batch"),
+    (BASE + "engine:\n  tracking:\n    max_object: 5\n", "max_object", "engine.tracking.max_object", "max_objects"),
+    (BASE + "  - id: cam2\n    sorce: b.mp4\n    watchlist: safety\n", "sorce", "streams[1].sorce", "source"),
+    (BASE.replace("- concept: forklift", "- concept: forklift\n    - concpt: ladder"), "concpt",
+     "watchlists.safety[1].concpt", "concept"),
+    (BASE + "sinks:\n  parquet:\n    pth: out\n", "pth", "sinks.parquet.pth", "path"),
+    (BASE + "sinks:\n  kafka:\n    evnts_topic: ev\n", "evnts_topic", "sinks.kafka.evnts_topic", "events_topic"),
+    (BASE + "metrics:\n  prot: 9000\n", "prot", "metrics.prot", "port"),
+]
+
+
+@pytest.mark.parametrize(("text", "needle", "field", "meant"), MISSPELT_KEYS, ids=[c[2] for c in MISSPELT_KEYS])
+def test_misspelt_key_is_named_first_at_every_level(tmp_path, text, needle, field, meant):
+    # an earlier problem on line 1 (a bad job name): the misspelt key still comes first
+    text = text.replace("name: t\n", "name: 'bad name'\n", 1)
+    error, job = load_error(tmp_path, text)
+    key = field.rsplit(".", 1)[-1].split("]")[-1]
+    assert_located(error, job, line_of(text, needle), field, f"unknown key '{key}'", f"did you mean '{meant}'?",
+                   "[+1 more problem")
+    assert "required key missing" not in str(error), str(error)
