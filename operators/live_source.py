@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
+from operators.redaction import redact_text, redact_url
 from operators.video_source import FpsSampler, Frame, VideoSource, VideoSourceError, open_video
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class LiveSource:
 
     :meth:`stop` may be called from any thread: iteration ends after the current frame, or at
     once during a backoff wait; a blocked open or read returns within its timeout.
+
+    Only the connection uses ``url`` as written: what this class logs, raises or hands to
+    ``on_reconnect`` shows :attr:`shown_url` and has the URL's secrets masked.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class LiveSource:
         if open_timeout_s <= 0 or (read_timeout_s is not None and read_timeout_s <= 0):
             raise ValueError("open_timeout_s and read_timeout_s must be positive")
         self.url = url
+        self.shown_url = redact_url(url)
         self.fps = fps
         FpsSampler(fps)  # validates fps now rather than at the first frame
         self._transport = transport
@@ -149,20 +154,27 @@ class LiveSource:
         """Raise when the retry budget is spent, otherwise sleep before the next attempt."""
         self.last_error = error
         if isinstance(error, VideoSourceError) and error.reason in _PERMANENT_REASONS:
-            raise error
+            raise self._redacted(error) from None
         attempts = failures - 1  # reconnection attempts made so far for this outage
         if self._max_reconnects is not None and attempts >= self._max_reconnects:
             reason = error.reason if isinstance(error, VideoSourceError) else "open_failed"
             raise VideoSourceError(
-                f"{self.url}: gave up after {attempts} failed reconnection attempts over "
-                f"{time.monotonic() - since:.1f} s (last error: {error}); check that the stream is "
-                "reachable, or allow more attempts with max_reconnects.",
+                f"{self.shown_url}: gave up after {attempts} failed reconnection attempts over "
+                f"{time.monotonic() - since:.1f} s (last error: {redact_text(str(error), self.url)}); check that the "
+                "stream is reachable, or allow more attempts with max_reconnects.",
                 reason=reason,
-                source=self.url,
-            ) from error
+                source=self.shown_url,
+            ) from self._redacted(error)
         delay = self._backoff_s(failures)
-        logger.warning("reconnecting to %s, attempt %d in %.2f s, after: %s", self.url, failures, delay, error)
+        logger.warning("reconnecting to %s, attempt %d in %.2f s, after: %s", self.shown_url, failures, delay,
+                       redact_text(str(error), self.url))
         self._stop.wait(delay)
+
+    def _redacted(self, error: BaseException) -> VideoSourceError:
+        """``error`` as a ``VideoSourceError`` whose text no longer holds this URL's secrets (FFmpeg's
+        messages quote the URL); it carries no traceback, whose frames could hold the URL."""
+        reason = error.reason if isinstance(error, VideoSourceError) else "open_failed"
+        return VideoSourceError(redact_text(str(error), self.url), reason=reason, source=self.shown_url)
 
     def _is_live(self, source: VideoSource) -> bool:
         if self._reconnect_on_eof is not None:
@@ -203,9 +215,9 @@ class LiveSource:
                         if failures:
                             sampler = FpsSampler(self.fps)
                             self.reconnects += 1
-                            logger.info("%s: reconnected after %d attempt(s), %.2f s down", self.url, failures, now - last_frame_wall)
+                            logger.info("%s: reconnected after %d attempt(s), %.2f s down", self.shown_url, failures, now - last_frame_wall)
                             if self._on_reconnect is not None:
-                                self._on_reconnect(failures, outage_error, now - last_frame_wall)
+                                self._on_reconnect(failures, self._redacted(outage_error), now - last_frame_wall)
                         failures, outage_error = 0, None
                     pts = local.pts_s + offset
                     if last_pts is not None and pts <= last_pts:
@@ -223,7 +235,8 @@ class LiveSource:
                 if not self._is_live(source):
                     return
                 error = VideoSourceError(
-                    f"{self.url}: the live stream ended", reason="corrupt" if got_frame else "no_frames", source=self.url
+                    f"{self.shown_url}: the live stream ended", reason="corrupt" if got_frame else "no_frames",
+                    source=self.shown_url,
                 )
             except VideoSourceError as exc:
                 error = exc

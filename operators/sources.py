@@ -4,6 +4,9 @@ Files of a directory or glob play in name order as one stream: frame indices and
 times continue across files (each file's pts is offset by the end of the previous one), so a
 stream's records never go back in time. ``loop=True`` replays the files forever (demos, soak
 tests). Live URLs go to :class:`~operators.live_source.LiveSource`, which reconnects.
+
+A source URL may hold secrets: only the connection uses it as written; see
+:mod:`operators.redaction` for how it is shown.
 """
 
 from __future__ import annotations
