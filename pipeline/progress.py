@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from operators.redaction import redact_text
 from pipeline.stream_stats import StreamStats
 
 COLUMNS = ("stream", "state", "frames", "fps", "objects", "tracks", "records", "dropped", "errors")
@@ -33,6 +34,10 @@ class JobProgress:
     def update(self, snapshot: Mapping[str, StreamStats]) -> None:
         if not self._live:
             return
+        self._live.update(self.table(snapshot))
+
+    def table(self, snapshot: Mapping[str, StreamStats]) -> Table:
+        """The live table of ``snapshot``; fps is measured since the previous table."""
         table = Table(*COLUMNS, title=f"sam3-stream: {self.job}")
         for sid, s in sorted(snapshot.items()):
             c = s.counters
@@ -42,11 +47,12 @@ class JobProgress:
             self._last[sid] = (s.updated, c.frames_processed)
             table.add_row(sid, s.state.value, str(c.frames_processed), f"{fps:.1f}", str(s.objects), str(c.tracks),
                           str(c.records), str(c.frames_dropped), str(c.sink_errors + (1 if s.error else 0)))
-        self._live.update(table)
+        return table
 
 
-def summary_table(job, finals: Mapping[str, StreamStats]) -> None:
-    """Per stream: frames, tracks, events, errors and where the outputs are."""
+def summary_table(job, finals: Mapping[str, StreamStats], console: Console | None = None) -> None:
+    """Per stream: frames, tracks, events, errors (never with the secrets of its source URL) and where
+    the outputs are."""
     table = Table("stream", "state", "frames", "tracks", "records", "events", "errors",
                   title=f"job {job.name}: summary")
     locations: dict[str, str] = {}
@@ -56,11 +62,11 @@ def summary_table(job, finals: Mapping[str, StreamStats]) -> None:
             table.add_row(spec.id, "?", "0", "0", "0", "0", "")
             continue
         c = s.counters
-        errors = s.error or (f"{c.sink_errors} sink errors" if c.sink_errors else "")
+        errors = redact_text(s.error, spec.source) if s.error else (f"{c.sink_errors} sink errors" if c.sink_errors else "")
         locations.update(s.outputs)
         table.add_row(spec.id, s.state.value, str(c.frames_processed), str(c.tracks), str(c.records), str(c.events),
                       errors)
-    console = Console()
+    console = console or Console()
     console.print(table)
     for sink, where in locations.items():
         console.print(f"{sink}: {where}")

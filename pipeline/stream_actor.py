@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import ray
 
 from operators.lifecycle import StreamTracks, saved_rules
+from operators.redaction import redact_text, redact_url
 from operators.resume_point import ResumePoint, StreamState
 from operators.watchlist_changes import ControlCommand
 from operators.watchlist_rules import WatchRule
@@ -98,7 +100,9 @@ class StreamActor:
         model_id = ray.get(self.link.engine.ready.remote())["model"]
         if resume is not None:
             self._take_saved_rules(resume, restart)
-        self.tracks = StreamTracks(self.job.name, self.stream.id, self.stream.source, model_id, self.rules)
+        # records and events carry the source as shown: a camera URL's password never reaches a sink
+        self.tracks = StreamTracks(self.job.name, self.stream.id, redact_url(self.stream.source), model_id,
+                                   self.rules)
         if resume is not None and resume.run_id:
             self.run_id = resume.run_id  # go on numbering (and taking back) that run's Parquet files
         self.outputs = StreamOutputs(self.job, self.stream.id, self.kafka_servers, run=self.run_id)
@@ -126,10 +130,10 @@ class StreamActor:
             while self.link.in_flight:
                 self._handle(self.link.collect())
         except VideoSourceError as e:
-            failure = str(e)
+            failure = redact_text(str(e), self.stream.source)  # FFmpeg's messages quote the URL
         except Exception as e:  # anything else ends this stream only, with a stream_error
-            logger.exception("stream %s failed", self.stream.id)
-            failure = f"{type(e).__name__}: {e}"
+            logger.error("stream %s failed: %s", self.stream.id, redact_text(traceback.format_exc(), self.stream.source))
+            failure = redact_text(f"{type(e).__name__}: {e}", self.stream.source)
         finally:
             if failure is not None:
                 self._drain()
@@ -228,7 +232,8 @@ class StreamActor:
         # called on the decode thread, between two frames of the source
         self.counters.reconnects += 1
         index, pts = self.position
-        self._publish([], [self.tracks.stream_reconnect(index, _now(), attempt=attempt, error=str(error),
+        self._publish([], [self.tracks.stream_reconnect(index, _now(), attempt=attempt,
+                                                        error=redact_text(str(error), self.stream.source),
                                                         downtime_s=downtime_s, pts_s=pts)])
 
     def _count_engine_restart(self) -> None:
