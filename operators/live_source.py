@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Reasons that no number of retries can fix: the stream is there but is not usable video.
 _PERMANENT_REASONS = frozenset({"not_video", "unsupported_codec"})
 _MIN_GAP_S = 1e-3
+_STOP_POLL_S = 0.1  # how often a backoff wait asks should_stop()
 # FFmpeg reads 20 frames at open to estimate the frame rate: 2 s of latency on a 10 fps RTSP
 # H.264 stream, all delivered in one burst (measured: open 2.4 s -> 0.4 s without it).
 _LIVE_OPTIONS = {"fpsprobesize": "0"}
@@ -68,7 +69,8 @@ class LiveSource:
     started). At that moment ``frames_emitted`` is the index the next yielded frame will have.
 
     :meth:`stop` may be called from any thread: iteration ends after the current frame, or at
-    once during a backoff wait; a blocked open or read returns within its timeout.
+    once during a backoff wait; a blocked open or read returns within its timeout. ``should_stop``,
+    when given, is asked during backoff waits too, so a source that never connects still ends.
 
     Only the connection uses ``url`` as written: what this class logs, raises or hands to
     ``on_reconnect`` shows :attr:`shown_url` and has the URL's secrets masked.
@@ -89,6 +91,7 @@ class LiveSource:
         reconnect_on_eof: bool | None = None,
         options: Mapping[str, str] | None = None,
         thread_type: str = "AUTO",
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         if "://" not in url or url.startswith("file:"):
             raise ValueError(f"LiveSource needs a stream URL (rtsp://, http(s)://, ...), got {url!r}; use open_video for files")
@@ -116,6 +119,7 @@ class LiveSource:
         self._options = dict(options or {})
         self._thread_type = thread_type
         self._stop = threading.Event()
+        self._should_stop = should_stop
         self._rng = random.Random()
         self._started = False
         self.frames_emitted = 0
@@ -168,7 +172,17 @@ class LiveSource:
         delay = self._backoff_s(failures)
         logger.warning("reconnecting to %s, attempt %d in %.2f s, after: %s", self.shown_url, failures, delay,
                        redact_text(str(error), self.url))
-        self._stop.wait(delay)
+        self._wait(delay)
+
+    def _wait(self, delay_s: float) -> None:
+        """Sleep through a backoff; ``stop()`` or ``should_stop()`` ends it early. A source that never
+        connects yields no frame at which its reader could ask it to stop, so it asks here."""
+        deadline = time.monotonic() + delay_s
+        while not self._stop.wait(min(_STOP_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if self._should_stop is not None and self._should_stop():
+                self._stop.set()
+            elif time.monotonic() >= deadline:
+                return
 
     def _redacted(self, error: BaseException) -> VideoSourceError:
         """``error`` as a ``VideoSourceError`` whose text no longer holds this URL's secrets (FFmpeg's

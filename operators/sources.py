@@ -84,7 +84,7 @@ def stream_frames(
     if is_live(source):
         from operators.live_source import LiveSource
 
-        live = LiveSource(source, fps=fps, on_reconnect=on_reconnect)
+        live = LiveSource(source, fps=fps, on_reconnect=on_reconnect, should_stop=should_stop)
         try:
             for frame in live:
                 if should_stop():

@@ -1,0 +1,180 @@
+"""A real job whose source URLs hold a password: it shows up nowhere the job writes, serves, logs or displays.
+
+Streams: a camera that cannot be reached (``rtsp://admin:${CAM_PASSWORD}@127.0.0.1:<closed port>``,
+reconnecting with backoff), an HTTP clip whose first request fails (a ``stream_reconnect``, then
+records), an HTTP audio-only file (a ``stream_error`` quoting the URL) and a plain file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import logging
+import threading
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import ray
+from rich.console import Console
+
+from operators.sinks.parquet_sink import open_dataset
+from operators.synthetic import write_synthetic_video
+from pipeline.driver import JobActors, run_job
+from pipeline.jobspec import load_job
+from pipeline.progress import JobProgress, summary_table
+from sam3_runtime.model import write_random_checkpoint
+from tests.rtsp_server import free_port
+
+SECRET = "S3cretPa55"
+HANG_GUARD_S = 300.0  # only ends a wait that would otherwise hang
+JOB = """
+name: secrets
+model: {{checkpoint: {checkpoint}, device: cpu}}
+engine: {{replicas: 1, max_batch: 4, max_wait_ms: 10, hotstart: "off"}}
+watchlists:
+  shapes:
+    - {{concept: red square, threshold: 0.1}}
+streams:
+  - {{id: cam, source: 'rtsp://admin:${{CAM_PASSWORD}}@127.0.0.1:{closed}/stream', watchlist: shapes}}
+  - {{id: web, source: 'http://viewer:${{CAM_PASSWORD}}@{http}/clip.mp4?token=${{CAM_PASSWORD}}', watchlist: shapes}}
+  - {{id: audio, source: 'http://viewer:${{CAM_PASSWORD}}@{http}/tone.wav', watchlist: shapes}}
+  - {{id: clip, source: '{clip}', watchlist: shapes}}
+sinks:
+  parquet: {{path: '{out}', flush_rows: 10, flush_seconds: 1}}
+metrics: {{port: {port}, host: 127.0.0.1}}
+"""
+
+
+@contextlib.contextmanager
+def _http_server(directory: Path, fail_first: str):
+    """Serves ``directory``; the first request for ``fail_first`` gets a 503."""
+    failed: set[str] = set()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the name http.server dispatches to
+            if self.path.split("?")[0] == f"/{fail_first}" and not failed:
+                failed.add(self.path)
+                self.send_error(503)
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(HANG_GUARD_S)
+
+
+def _write_tone(path: Path) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(bytes(16000))
+    return path
+
+
+def _ray_logs() -> str:
+    """Everything the job's Ray workers (the stream actors among them) wrote to their log files."""
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    return "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("worker-*")) if p.is_file())
+
+
+def _scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def _wait_for(condition, what: str):
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (got := condition()):
+        assert time.monotonic() < deadline, f"no {what} within {HANG_GUARD_S} s"
+        time.sleep(0.3)
+    return got
+
+
+def test_a_password_in_source_urls_is_shown_nowhere(ray_session, tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.setenv("CAM_PASSWORD", SECRET)
+    media = tmp_path / "media"
+    media.mkdir()
+    write_synthetic_video(media / "clip.mp4", frames=6, size=(96, 72), fps=10)
+    _write_tone(media / "tone.wav")
+    closed, port = free_port(), free_port()
+    path = tmp_path / "secrets.yaml"
+    started, actors, outcome, scrapes = threading.Event(), [], {}, []
+    with _http_server(media, fail_first="clip.mp4") as host:
+        path.write_text(JOB.format(checkpoint=write_random_checkpoint(media / "tiny"), closed=closed, http=host,
+                                   clip=media / "clip.mp4", out=tmp_path / "out", port=port))
+        assert SECRET not in path.read_text()  # the job file names the variable, never the password
+
+        def on_started(job_actors: JobActors) -> None:
+            actors.append(job_actors)
+            started.set()
+
+        def run() -> None:
+            try:
+                outcome["result"] = run_job(str(path), show_progress=False, on_started=on_started)
+            except BaseException as e:
+                outcome["error"] = e
+            finally:
+                started.set()
+
+        caplog.set_level(logging.INFO)
+        thread = threading.Thread(target=run, name="job", daemon=True)
+        thread.start()
+        try:
+            assert started.wait(HANG_GUARD_S) and actors, outcome
+            # the camera keeps failing: more than two reconnect waits in its actor's log
+            _wait_for(lambda: _ray_logs().count(f"127.0.0.1:{closed}/stream, attempt") > 2, "three camera reconnects")
+            # the other streams ended: the clip after its reconnect, the audio with its error
+            _wait_for(lambda: all(f'sam3_stream_state{{job="secrets",state="{state}",stream="{sid}"}} 1.0' in
+                                  (scrapes.append(_scrape(port)) or scrapes[-1])
+                                  for sid, state in (("web", "finished"), ("audio", "failed"), ("clip", "finished"))),
+                      "web and clip finished, audio failed")
+        finally:
+            for stream in actors[0].streams.values() if actors else ():
+                stream.stop.remote()
+            thread.join(HANG_GUARD_S)
+    assert not thread.is_alive(), "the job did not stop"
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    assert result.streams["web"].counters.reconnects == 1 and result.streams["web"].counters.records > 0
+
+    events = open_dataset(tmp_path / "out", "events").to_table().to_pylist()
+    tracks = open_dataset(tmp_path / "out", "tracks").to_table().to_pylist()
+    by_type = {(e["stream_id"], e["type"]): e for e in events}
+    # what the redaction leaves is still there to read: user, host and path, the password masked
+    assert f"rtsp://admin:***@127.0.0.1:{closed}/stream" in by_type[("cam", "stream_start")]["details"]
+    assert f"http://viewer:***@{host}/clip.mp4?token=***" in by_type[("web", "stream_start")]["details"]
+    assert "Cannot open video stream http://viewer:***@" in by_type[("web", "stream_reconnect")]["error"]
+    assert f"http://viewer:***@{host}/tone.wav" in by_type[("audio", "stream_error")]["error"]
+    assert {t["source"] for t in tracks if t["stream_id"] == "web"} == {f"http://viewer:***@{host}/clip.mp4?token=***"}
+    resume_points = sorted((tmp_path / "out" / "_checkpoints").rglob("*.json"))
+    assert {p.stem for p in resume_points} >= {"cam", "web", "audio", "clip"}
+
+    job = load_job(str(path))
+    live = Console(record=True, width=240)
+    live.print(JobProgress(job.name, enabled=False).table(result.streams))
+    summary = Console(record=True, width=240)
+    summary_table(job, result.streams, console=summary)
+    assert "http://viewer:***@" in summary.export_text()  # the audio stream's error, shown masked
+    captured = capsys.readouterr()
+    shown = {
+        "events": repr(events), "track records": repr(tracks), "metrics": "\n".join(scrapes),
+        "resume points": "\n".join(p.read_text() for p in resume_points), "progress table": live.export_text(),
+        "summary table": summary.export_text(), "driver log": caplog.text, "stdout": captured.out,
+        "stderr": captured.err, "stream actor logs": _ray_logs(), "final stats": repr(result.streams),
+    }
+    assert f"127.0.0.1:{closed}/stream" in shown["stream actor logs"]
+    for where, text in shown.items():
+        assert SECRET not in text, f"the password shows in the {where}"
