@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import ray
 
+from operators.redaction import redact_text
 from operators.resume_point import StreamState
 from pipeline.exit_codes import ExitCode
 from pipeline.metrics import JobMetrics
@@ -135,6 +136,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             on_started(JobActors(engines, streams))
         progress = JobProgress(job.name, enabled=show_progress)
         restarts = dict.fromkeys(streams, 0)
+        sources = {spec.id: spec.source for spec in job.streams}  # to mask their secrets in the errors shown
         restarting: set[str] = set()  # resumed after a death, its actor not back yet
         started = time.time()
         with progress:
@@ -144,7 +146,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                 ready, _ = ray.wait(list(pending.values()), timeout=POLL_S, num_returns=len(pending))
                 for ref in ready:
                     sid = next(k for k, v in pending.items() if v == ref)
-                    outcome, ending = _ended(ref, sid)
+                    outcome, ending = _ended(ref, sid, sources[sid])
                     if sid in restarting and ending is _Ending.REFUSED and not stopping:
                         # a restarting actor refuses calls until its __init__ returned: ask again, it is no new death
                         time.sleep(REFUSED_RETRY_S)
@@ -200,16 +202,18 @@ class _Ending(enum.Enum):
     REFUSED = enum.auto()  # the actor was dead or restarting when the call came
 
 
-def _ended(ref, sid: str) -> tuple[StreamStats, _Ending]:
-    """A finished ``run`` call's final stats, and how the call ended."""
+def _ended(ref, sid: str, source: str) -> tuple[StreamStats, _Ending]:
+    """A finished ``run`` call's final stats, and how the call ended. Ray's error text holds the actor's
+    traceback, which may quote the source URL: its secrets are masked."""
     try:
         return ray.get(ref), _Ending.RETURNED
     except ray.exceptions.ActorUnavailableError as e:
-        return StreamStats(sid, StreamState.FAILED, error=f"stream actor died: {e}"), _Ending.REFUSED
+        error, ending = f"stream actor died: {e}", _Ending.REFUSED
     except ray.exceptions.RayActorError as e:
-        return StreamStats(sid, StreamState.FAILED, error=f"stream actor died: {e}"), _Ending.DIED
+        error, ending = f"stream actor died: {e}", _Ending.DIED
     except Exception as e:
-        return StreamStats(sid, StreamState.FAILED, error=f"stream actor failed: {e}"), _Ending.RETURNED
+        error, ending = f"stream actor failed: {e}", _Ending.RETURNED
+    return StreamStats(sid, StreamState.FAILED, error=redact_text(error, source)), ending
 
 
 def _describe(point) -> str:
