@@ -170,12 +170,18 @@ class _Converter:
             out[key] = self.convert(value_node, path + (key,))
         return out
 
-    def scalar(self, node: yaml.ScalarNode, path: YamlPath) -> Any:
+    def construct(self, node: yaml.ScalarNode, path: YamlPath) -> Any:
         try:
-            value = self.loader.construct_object(node, deep=True)
+            return self.loader.construct_object(node, deep=True)
         except yaml.YAMLError as e:
             problem = getattr(e, "problem", None) or str(e)
-            raise self.error(node, path, f"cannot read value: {problem}") from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            # PyYAML's constructors fail like this on text their tag cannot hold: "!!int x", a 13th month
+            problem = f"'{node.value}' is not a valid {node.tag.rsplit(':', 1)[-1]}"
+        raise self.error(node, path, f"cannot read value: {problem}")
+
+    def scalar(self, node: yaml.ScalarNode, path: YamlPath) -> Any:
+        value = self.construct(node, path)
         if not isinstance(value, str) or "${" not in value:
             return value
         expanded = self.expand(value, node, path)
@@ -184,7 +190,7 @@ class _Converter:
         # A plain scalar takes the type its expanded text would have had if written directly,
         # so "port: ${METRICS_PORT}" is a number and "fps: ${FPS:-null}" can be null.
         tag = self.loader.resolve(yaml.ScalarNode, expanded, (True, False))
-        return self.loader.construct_object(yaml.ScalarNode(tag, expanded), deep=True)
+        return self.construct(yaml.ScalarNode(tag, expanded, node.start_mark, node.end_mark), path)
 
     def expand(self, text: str, node: yaml.Node, path: YamlPath) -> str:
         def replace(match: re.Match[str]) -> str:

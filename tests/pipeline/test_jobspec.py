@@ -450,3 +450,14 @@ def test_misspelt_key_is_named_first_at_every_level(tmp_path, text, needle, fiel
     assert_located(error, job, line_of(text, needle), field, f"unknown key '{key}'", f"did you mean '{meant}'?",
                    "[+1 more problem")
     assert "required key missing" not in str(error), str(error)
+
+
+def test_value_its_yaml_type_cannot_hold(tmp_path):
+    for value, fragment in [("!!int x", "'x' is not a valid int"), ("!!float x", "'x' is not a valid float"),
+                            ("!!bool x", "'x' is not a valid bool"), ("!!timestamp x", "'x' is not a valid timestamp"),
+                            ("2001-13-45", "'2001-13-45' is not a valid timestamp"),
+                            ("${NOPE:-2001-13-45}", "'2001-13-45' is not a valid timestamp"),
+                            ("!!python/object:os.system x", "could not determine a constructor")]:
+        text = BASE.replace("    watchlist: safety", f"    fps: {value}\n    watchlist: safety")
+        error, job = load_error(tmp_path, text)
+        assert_located(error, job, line_of(text, "fps:"), "streams[0].fps", "cannot read value: ", fragment)
