@@ -30,6 +30,7 @@ _SEQ_TAG = "tag:yaml.org,2002:seq"
 # "$${" is a literal "${"; "${...}" a reference; a "${" with no closing brace is a mistake.
 _REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MAX_VALUES = 100_000  # keys, items and scalars of one document; a real job file has a few hundred
 
 
 def format_path(path: YamlPath) -> str:
@@ -128,11 +129,33 @@ def parse_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
 class _Converter:
     def __init__(self, loader: yaml.SafeLoader, file: str, env: Mapping[str, str], lines: LineMap) -> None:
         self.loader, self.file, self.env, self.lines = loader, file, env, lines
+        self.inside: set[int] = set()  # the collections being converted: an alias to one of them is a cycle
+        self.values = 0  # aliases copy what they name, so nested ones can multiply a small file enormously
 
     def error(self, node: yaml.Node, path: YamlPath, problem: str) -> LocatedError:
         return LocatedError(self.file, node.start_mark.line + 1, path, problem)
 
+    def alias_error(self, node: yaml.Node, path: YamlPath, problem: str) -> LocatedError:
+        """An error at the key or item that holds ``node`` (an alias), not where its anchor was written."""
+        written = self.lines.lines.get(path)
+        return LocatedError(self.file, written.line, path, problem) if written else self.error(node, path, problem)
+
     def convert(self, node: yaml.Node, path: YamlPath) -> Any:
+        self.values += 1
+        if self.values > _MAX_VALUES:
+            raise self.alias_error(node, path, f"more than {_MAX_VALUES} values once aliases are expanded "
+                                         "(aliases nested in aliases? write the values out)")
+        if not isinstance(node, yaml.CollectionNode):
+            return self.scalar(node, path)
+        if id(node) in self.inside:
+            raise self.alias_error(node, path, "recursive alias: it names a mapping or list that contains it (remove it)")
+        self.inside.add(id(node))
+        try:
+            return self.collection(node, path)
+        finally:
+            self.inside.discard(id(node))
+
+    def collection(self, node: yaml.CollectionNode, path: YamlPath) -> Any:
         if isinstance(node, yaml.MappingNode):
             return self.mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
@@ -143,16 +166,22 @@ class _Converter:
                 self.lines.lines[path + (index,)] = Location(self.file, item.start_mark.line + 1)
                 items.append(self.convert(item, path + (index,)))
             return items
-        return self.scalar(node, path)
+        raise self.error(node, path, f"unsupported YAML node {type(node).__name__}")
 
     def mapping(self, node: yaml.MappingNode, path: YamlPath) -> dict[str, Any]:
         if node.tag != _MAP_TAG:
             raise self.error(node, path, f"unsupported YAML tag {node.tag} (remove the tag)")
         own = {id(key) for key, _ in node.value}
+        for key, value in node.value:
+            merged = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            if key.tag == "tag:yaml.org,2002:merge" and any(m is node or id(m) in self.inside for m in merged):
+                raise self.error(key, path, "recursive merge key: '<<' names a mapping that contains it (remove it)")
         try:
             self.loader.flatten_mapping(node)  # YAML merge keys ("<<: *defaults") come first
         except yaml.MarkedYAMLError as e:
             raise self.error(node, path, f"invalid merge key: {e.problem}") from None
+        except RecursionError:  # PyYAML follows "<<: *x" inside x itself forever
+            raise self.error(node, path, "recursive merge key: '<<' names a mapping that contains it") from None
         out: dict[str, Any] = {}
         first_line: dict[str, int] = {}
         for key_node, value_node in node.value:

@@ -461,3 +461,20 @@ def test_value_its_yaml_type_cannot_hold(tmp_path):
         text = BASE.replace("    watchlist: safety", f"    fps: {value}\n    watchlist: safety")
         error, job = load_error(tmp_path, text)
         assert_located(error, job, line_of(text, "fps:"), "streams[0].fps", "cannot read value: ", fragment)
+
+
+def test_recursive_aliases_and_alias_bombs(tmp_path):
+    cases = [
+        (BASE + "engine: &e\n  replicas: 1\n  tracking: *e\n", "tracking: *e", "engine.tracking", "recursive alias"),
+        (BASE + "engine: &e\n  replicas: 1\n  <<: *e\n", "<<: *e", "engine", "recursive merge key"),
+        (BASE + "engine: &e\n  tracking:\n    <<: [*e]\n", "<<: [*e]", "engine.tracking", "recursive merge key"),
+    ]
+    for text, needle, field, fragment in cases:
+        error, job = load_error(tmp_path, text)
+        assert_located(error, job, line_of(text, needle), field, fragment)
+    # each level names the one above ten times: a million values from seven short lines
+    levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+        f"{name}: &{name} [{', '.join(['*' + prev] * 10)}]" for prev, name in zip("abcde", "bcdef", strict=True)]
+    text = BASE.replace("watchlists:", "x:\n" + "".join(f"  {line}\n" for line in levels) + "watchlists:")
+    error, job = load_error(tmp_path, text)
+    assert str(error).startswith(f"{job}:") and "values once aliases are expanded" in str(error), str(error)
