@@ -37,8 +37,15 @@ def format_path(path: YamlPath) -> str:
     """``("streams", 1, "source")`` -> ``streams[1].source``."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{key_text(part)}" if out else key_text(part))
     return out
+
+
+def key_text(key: str) -> str:
+    """A mapping key as messages show it: as written, or quoted and escaped when it is empty or holds
+    line breaks, control characters or edge spaces (which would split or blank the one-line message)."""
+    key = str(key)
+    return key if key and key.isprintable() and key == key.strip() else repr(key)
 
 
 class LocatedError(ValueError):
@@ -346,9 +353,10 @@ def _describe(error: Mapping[str, Any], path: YamlPath, root: type[BaseModel]) -
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind == "extra_forbidden":
         key = str(path[-1]) if path else "?"
+        shown = f"'{key}'" if key_text(key) == key else key_text(key)  # already quoted when escaped
         close = _near_miss(path, root)
         suggestion = f"did you mean '{close}'? " if close else ""
-        return f"unknown key '{key}' — {suggestion}(allowed here: {', '.join(_allowed_keys(path, root))})"
+        return f"unknown key {shown} — {suggestion}(allowed here: {', '.join(_allowed_keys(path, root))})"
     if kind == "missing":
         return f"required key missing (add '{path[-1]}: ...')" if path else "required key missing"
     expected = _expected(kind)

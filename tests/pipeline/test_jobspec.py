@@ -478,3 +478,13 @@ def test_recursive_aliases_and_alias_bombs(tmp_path):
     text = BASE.replace("watchlists:", "x:\n" + "".join(f"  {line}\n" for line in levels) + "watchlists:")
     error, job = load_error(tmp_path, text)
     assert str(error).startswith(f"{job}:") and "values once aliases are expanded" in str(error), str(error)
+
+
+def test_odd_keys_are_shown_escaped_on_one_line(tmp_path):
+    for key, shown in [('"\\r"', r"'\r'"), ('""', "''"), ('" fps"', "' fps'"), ('"a\\u2028b"', r"'a\u2028b'"),
+                       ('"x\\ty"', r"'x\ty'"), ("名前", "名前")]:
+        text = BASE + f"{key}: 1\n"
+        error, job = load_error(tmp_path, text)
+        quoted = shown if shown.startswith("'") else f"'{shown}'"
+        assert_located(error, job, len(text.splitlines()), shown, f"unknown key {quoted} — ")
+        assert str(error).splitlines() == [str(error)]
