@@ -21,6 +21,14 @@ def base_dir(info: ValidationInfo) -> Path:
     return Path(context.get("base_dir") or os.getcwd())
 
 
+def exists(path: Path, *, file: bool = False) -> bool:
+    """Whether ``path`` exists (is a file), False where the OS cannot even look: a name too long for it."""
+    try:
+        return path.is_file() if file else path.exists()
+    except OSError:
+        return False
+
+
 def local_path(value: str, directory: Path) -> str:
     """``value`` made absolute against ``directory``; a trailing '/' (a directory source) is kept."""
     path = os.path.normpath(os.path.join(directory, os.path.expanduser(value)))

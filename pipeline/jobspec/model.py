@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import ValidationInfo, field_validator
 
-from pipeline.jobspec.common import Spec, base_dir, local_path
+from pipeline.jobspec.common import Spec, base_dir, exists, local_path
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -27,7 +27,7 @@ class ModelSpec(Spec):
         expanded = os.path.expanduser(value)
         local = (os.path.isabs(expanded) or value.startswith((".", "~")) or value.count("/") >= 2
                  or value.endswith((".pt", ".pth", ".safetensors")))
-        if local or (base_dir(info) / expanded).exists():
+        if local or exists(base_dir(info) / expanded):
             return local_path(value, base_dir(info))
         return value  # a hub repo id
 

@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pipeline.jobspec.common import exists
 from pipeline.yaml_source import LineMap, LocatedError, YamlDocument, YamlPath, describe_kind, read_yaml
 
 WATCHLIST_PATH_ENV = "SAM3_WATCHLIST_PATH"
@@ -30,7 +31,7 @@ def find_watchlist(ref: str, job_dir: Path, search: Sequence[Path] = ()) -> tupl
     """The file a watchlist reference names (None if there is none) and the directories searched."""
     if "/" in ref or os.sep in ref or ref.endswith((".yaml", ".yml")):
         candidate = (job_dir / os.path.expanduser(ref)).resolve()
-        return (candidate if candidate.is_file() else None), [candidate.parent]
+        return (candidate if exists(candidate, file=True) else None), [candidate.parent]
     dirs = list(search)
     for directory in (job_dir, *job_dir.parents):
         dirs += [directory / "watchlists", directory / "configs" / "watchlists"]
@@ -38,7 +39,7 @@ def find_watchlist(ref: str, job_dir: Path, search: Sequence[Path] = ()) -> tupl
             break
     for directory in dirs:
         for suffix in (".yaml", ".yml"):
-            if (directory / f"{ref}{suffix}").is_file():
+            if exists(directory / f"{ref}{suffix}", file=True):
                 return (directory / f"{ref}{suffix}").resolve(), dirs
     return None, dirs
 

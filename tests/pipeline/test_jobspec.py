@@ -488,3 +488,13 @@ def test_odd_keys_are_shown_escaped_on_one_line(tmp_path):
         quoted = shown if shown.startswith("'") else f"'{shown}'"
         assert_located(error, job, len(text.splitlines()), shown, f"unknown key {quoted} — ")
         assert str(error).splitlines() == [str(error)]
+
+
+def test_names_too_long_for_the_file_system(tmp_path):
+    long = "x" * 5000  # longer than any file name the OS accepts: looking it up fails with ENAMETOOLONG
+    job = parse_job(BASE + f"model:\n  checkpoint: {long}\n", base_dir=tmp_path, env={})
+    assert job.model.checkpoint == long  # not a file here: a hub id
+    for ref in (long, f"dir/{long}"):
+        text = BASE.replace("    watchlist: safety", f"    watchlist: {ref}")
+        error, job = load_error(tmp_path, text)
+        assert_located(error, job, line_of(text, long), "streams[0].watchlist", "unknown watchlist", "defined in the job: safety")
