@@ -22,8 +22,7 @@ def _polygon(value: Any) -> Any:
     if not isinstance(value, list | tuple):
         raise ValueError(f"a zone is a list of [x, y] points, got {describe_value(value)}")
     for index, point in enumerate(value):
-        ok = isinstance(point, list | tuple) and len(point) == 2 and all(
-            isinstance(c, int | float) and not isinstance(c, bool) and math.isfinite(c) for c in point)
+        ok = isinstance(point, list | tuple) and len(point) == 2 and all(_finite_number(c) for c in point)
         if not ok:
             raise FieldProblem((index,), f"a zone point is [x, y] in pixels, got {describe_value(point)}")
     if len(value) < 3:
@@ -32,6 +31,15 @@ def _polygon(value: Any) -> Any:
     if abs(area) < 1e-9:
         raise ValueError("zone polygon encloses no area (its points are on one line); list its corners in order")
     return value
+
+
+def _finite_number(value: Any) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 Polygon = Annotated[list[tuple[float, float]], BeforeValidator(_polygon)]

@@ -498,3 +498,10 @@ def test_names_too_long_for_the_file_system(tmp_path):
         text = BASE.replace("    watchlist: safety", f"    watchlist: {ref}")
         error, job = load_error(tmp_path, text)
         assert_located(error, job, line_of(text, long), "streams[0].watchlist", "unknown watchlist", "defined in the job: safety")
+
+
+def test_zone_point_beyond_any_float(tmp_path):
+    for huge in (10**400, "1e400", ".inf", ".nan"):
+        text = BASE.replace("watchlist: safety", f"watchlist: safety\n    zones:\n      - [[0, 0], [1, 0], [0, {huge}]]")
+        error, job = load_error(tmp_path, text)
+        assert_located(error, job, line_of(text, "- [["), "streams[0].zones[0][2]", "a zone point is [x, y] in pixels")
