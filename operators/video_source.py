@@ -40,6 +40,8 @@ from typing import Literal
 import av
 import numpy as np
 
+from operators.redaction import redact_text, redact_url
+
 logger = logging.getLogger(__name__)
 
 ErrorReason = Literal["missing", "open_failed", "not_video", "unsupported_codec", "no_frames", "corrupt"]
@@ -147,6 +149,7 @@ class VideoSource:
         if max_consecutive_errors < 0:
             raise ValueError(f"max_consecutive_errors must be >= 0, got {max_consecutive_errors}")
         self.source = os.fspath(source)
+        self.shown = redact_url(self.source)  # what logs and errors name: a URL's credentials masked
         self._sampler = FpsSampler(fps)
         self._max_consecutive_errors = max_consecutive_errors
         self.frames_decoded = 0
@@ -169,7 +172,7 @@ class VideoSource:
     # -- opening ---------------------------------------------------------------------------
 
     def _error(self, message: str, reason: ErrorReason) -> VideoSourceError:
-        return VideoSourceError(message, reason=reason, source=self.source)
+        return VideoSourceError(message, reason=reason, source=self.shown)
 
     def _open_container(
         self, options: Mapping[str, str] | None, timeout_s: float | None
@@ -187,7 +190,8 @@ class VideoSource:
         except (av.error.FFmpegError, OSError) as exc:
             if _is_url(name):
                 message = (
-                    f"Cannot open video stream {name} ({exc}); check the address, credentials and that it is reachable."
+                    f"Cannot open video stream {self.shown} ({redact_text(str(exc), name)}); check the address, "
+                    "credentials and that it is reachable."
                 )
             else:
                 message = (
@@ -199,16 +203,16 @@ class VideoSource:
     def _select_stream(self) -> av.video.stream.VideoStream:
         container = self._container
         if container.format.name in _TEXT_FORMATS:
-            raise self._error(f"{self.source} is a text file, not a video; pass a video file.", "not_video")
+            raise self._error(f"{self.shown} is a text file, not a video; pass a video file.", "not_video")
         if not container.streams.video:
             found = ", ".join(sorted({s.type for s in container.streams})) or "no streams at all"
             raise self._error(
-                f"{self.source} has no video stream (found: {found}); pass a file that contains video.", "not_video"
+                f"{self.shown} has no video stream (found: {found}); pass a file that contains video.", "not_video"
             )
         stream = container.streams.video[0]
         if stream.codec_context is None:
             raise self._error(
-                f"The video codec of {self.source} cannot be decoded by this FFmpeg build; re-encode it to H.264, "
+                f"The video codec of {self.shown} cannot be decoded by this FFmpeg build; re-encode it to H.264, "
                 "e.g. `ffmpeg -i IN -c:v libx264 OUT.mp4`.",
                 "unsupported_codec",
             )
@@ -295,7 +299,7 @@ class VideoSource:
                     consecutive += 1
                     # One warning per file; a damaged stream would otherwise flood the log.
                     log = logger.warning if self.decode_errors == 1 else logger.debug
-                    log("%s: skipping undecodable packet at pts %s (%s)", self.source, packet.pts, exc)
+                    log("%s: skipping undecodable packet at pts %s (%s)", self.shown, packet.pts, redact_text(str(exc), self.source))
                     if consecutive > self._max_consecutive_errors:
                         failure = exc
                         break
@@ -313,11 +317,11 @@ class VideoSource:
         self.truncated = True
         if self.frames_decoded == 0:
             raise self._error(
-                f"{self.source} contains no decodable video frames ({failure}); the video data is corrupt.",
+                f"{self.shown} contains no decodable video frames ({failure}); the video data is corrupt.",
                 "no_frames",
             ) from failure
         raise self._error(
-            f"Decoding {self.source} failed after {self.frames_decoded} frames ({failure}); the file is corrupt or "
+            f"Decoding {self.shown} failed after {self.frames_decoded} frames ({failure}); the file is corrupt or "
             "truncated, and the frames before the failure were delivered.",
             "corrupt",
         ) from failure
@@ -325,7 +329,7 @@ class VideoSource:
     def _check_complete(self) -> None:
         if self.frames_decoded == 0:
             raise self._error(
-                f"{self.source} contains no decodable video frames; the file is empty or its video data is corrupt.",
+                f"{self.shown} contains no decodable video frames; the file is empty or its video data is corrupt.",
                 "no_frames",
             )
         info = self.info
@@ -338,12 +342,12 @@ class VideoSource:
             if self._last_pts_s + frame_s < duration - max(2 * frame_s, 0.02 * duration):
                 self.truncated = True
         if self.decode_errors:
-            logger.warning("%s: skipped %d undecodable packets", self.source, self.decode_errors)
+            logger.warning("%s: skipped %d undecodable packets", self.shown, self.decode_errors)
         if self.truncated:
             logger.warning(
                 "%s ended early: decoded %d frames up to %.3f s, the header declares %s frames and %s s; "
                 "the file is probably truncated.",
-                self.source,
+                self.shown,
                 self.frames_decoded,
                 self._last_pts_s or 0.0,
                 declared,

@@ -149,3 +149,14 @@ def test_reconnect_callback_gets_the_error_without_the_password(tmp_path, caplog
     assert any(r.getMessage().startswith(f"http://viewer:***@{host}/") for r in caplog.records), caplog.text
     for text in (caplog.text, str(error), error.source):
         assert SECRET not in text, text
+
+
+def test_a_video_url_that_cannot_open_names_it_without_the_password():
+    from operators.video_source import VideoSource
+
+    url = f"http://admin:S3cretPa55@127.0.0.1:{free_port()}/clip.mp4?token=T0kenValue"
+    with pytest.raises(VideoSourceError) as err:
+        VideoSource(url, timeout_s=5)
+    shown = f"{err.value} {err.value.source}"
+    assert "admin:***@127.0.0.1" in shown
+    assert "S3cretPa55" not in shown and "T0kenValue" not in shown
