@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipeline.jobspec.common import Spec
-from pipeline.yaml_source import FieldProblem
+from pipeline.validation_errors import FieldProblem
 from sam3_runtime.config import VideoConfig
 from sam3_runtime.video.types import EngineOptions
 

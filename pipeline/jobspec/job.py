@@ -13,7 +13,7 @@ from pipeline.jobspec.engine import EngineSpec
 from pipeline.jobspec.model import ModelSpec
 from pipeline.jobspec.sinks import MetricsSpec, SinksSpec
 from pipeline.jobspec.streams import ConceptRule, StreamSpec
-from pipeline.yaml_source import FieldProblem
+from pipeline.validation_errors import FieldProblem
 
 
 class JobSpec(Spec):

@@ -13,16 +13,8 @@ from pydantic import ValidationError
 
 from pipeline.jobspec.job import JobSpec
 from pipeline.jobspec.watchlists import resolve_watchlists, search_path
-from pipeline.yaml_source import (
-    LineMap,
-    LocatedError,
-    YamlDocument,
-    describe_kind,
-    format_path,
-    locate_validation_error,
-    parse_yaml,
-    read_yaml,
-)
+from pipeline.validation_errors import describe_kind, locate_validation_error
+from pipeline.yaml_source import LineMap, LocatedError, YamlDocument, format_path, parse_yaml, read_yaml
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.jobspec.common import Spec, base_dir, local_path
-from pipeline.yaml_source import FieldProblem
+from pipeline.validation_errors import FieldProblem
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _SERVER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")

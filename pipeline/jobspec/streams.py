@@ -11,7 +11,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from operators.sources import LIVE_SCHEMES, SourceKind, is_live, source_kind
 from pipeline.jobspec.common import NAME, Spec, base_dir, local_path
-from pipeline.yaml_source import FieldProblem, describe_value
+from pipeline.validation_errors import FieldProblem, describe_value
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(//)?")  # a scheme, with or without the '//' it needs
 _ALLOWED_SOURCES = "a file path, a glob, a directory, rtsp://, rtsps://, http:// or https://"

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.jobspec.common import exists
-from pipeline.yaml_source import LineMap, LocatedError, YamlDocument, YamlPath, describe_kind, read_yaml
+from pipeline.validation_errors import describe_kind
+from pipeline.yaml_source import LineMap, LocatedError, YamlDocument, YamlPath, read_yaml
 
 WATCHLIST_PATH_ENV = "SAM3_WATCHLIST_PATH"
 
