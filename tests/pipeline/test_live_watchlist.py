@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -20,11 +19,9 @@ from operators.synthetic import write_synthetic_video
 from operators.watchlist_changes import CommandError, ControlCommand, diff_rules, parse_command, plan_changes
 from operators.watchlist_rules import WatchRule
 from pipeline.control import JOB_STREAM_ID, plan_reload, stream_rules
-from pipeline.driver import run_job
 from pipeline.jobspec import parse_job
 from sam3_runtime.model import write_random_checkpoint
-
-HANG_GUARD_S = 300.0  # only ends a wait that would otherwise hang; every step waits on what the job reports
+from tests.background_job import HANG_GUARD_S, BackgroundJob, wait_for
 
 # -- commands, diffs and reload plans (no Ray) ----------------------------------------------------
 
@@ -233,13 +230,6 @@ def _get(event: dict, key: str):
     return event
 
 
-def _wait_for(condition, what: str):
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {HANG_GUARD_S} s")
-        time.sleep(0.05)
-    return value
 
 
 def _processed(ray, actor) -> int:
@@ -251,22 +241,7 @@ def test_control_topic_adds_removes_and_rethresholds_concepts_of_one_stream(ray_
     name, a, b = "live-ctl", "cam-a", "cam-b"
     job = _write_job(tmp_path / "job.yaml", media, broker, name, [a, b])
     records = Records(broker, name)
-    started, result, errors = threading.Event(), {}, []
-    actors = {}
-
-    def on_started(job_actors):
-        actors.update(job_actors.engines | job_actors.streams)
-        started.set()
-
-    def run():
-        try:
-            result["job"] = run_job(str(job), show_progress=False, on_started=on_started)
-        except BaseException as e:
-            errors.append(e)
-            started.set()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    running = BackgroundJob(job)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
 
     def send(stream_id, value, key=None):
@@ -275,10 +250,11 @@ def test_control_topic_adds_removes_and_rethresholds_concepts_of_one_stream(ray_
         producer.flush()
 
     try:
-        assert _wait_for(started.is_set, "job start") and not errors, errors
+        started = running.start()
+        actors = started.engines | started.streams
         engine = actors["engine-0"]
         for sid in (a, b):
-            _wait_for(lambda sid=sid: _processed(ray, actors[sid]) >= 2, f"frames of {sid}")
+            wait_for(lambda sid=sid: _processed(ray, actors[sid]) >= 2, f"frames of {sid}")
 
         send(a, {"command": "add_concept", "concept": "green disc", "threshold": 0.1})
         added = records.wait_event("add", type="watchlist_changed", stream_id=a, change__kind="add")
@@ -307,23 +283,20 @@ def test_control_topic_adds_removes_and_rethresholds_concepts_of_one_stream(ray_
         for stream_id, problem in [(a, "malformed JSON"), (JOB_STREAM_ID, "unknown stream 'nowhere'"),
                                    (b, "threshold must be a number in (0, 1]"), (a, "does not watch 'red square'"),
                                    (a, "unknown command 'explode'")]:
-            _wait_for(lambda s=stream_id, p=problem: (records.read() or True) and any(
+            wait_for(lambda s=stream_id, p=problem: (records.read() or True) and any(
                 e["type"] == "watchlist_rejected" and e["stream_id"] == s and p in e["error"]
                 for e in records.events), f"rejection {problem!r}")
         counts = {sid: _processed(ray, actors[sid]) for sid in (a, b)}
         for sid in (a, b):
-            _wait_for(lambda sid=sid: _processed(ray, actors[sid]) >= counts[sid] + 3, f"{sid} going on")
+            wait_for(lambda sid=sid: _processed(ray, actors[sid]) >= counts[sid] + 3, f"{sid} going on")
         assert ray.get(engine.concepts.remote(b)) == ["red square"]
     finally:
-        for sid in (a, b):
-            if sid in actors:
-                actors[sid].stop.remote()
-        thread.join(HANG_GUARD_S)
+        running.stop_streams()
+        running.join()
         producer.close()
-    assert not errors, errors
-    assert result["job"].exit_code == 0
-    _wait_for(lambda: (records.read() or True) and sum(e["type"] == "stream_end" for e in records.events) == 2,
-              "both stream ends")
+    assert running.result().exit_code == 0
+    wait_for(lambda: (records.read() or True) and sum(e["type"] == "stream_end" for e in records.events) == 2,
+             "both stream ends")
     records.close()
 
     # removal: red square tracks of cam-a end with reason concept_removed and publish nothing after

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
-import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -18,14 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from operators.resume_point import StreamState
 from operators.sinks.parquet_sink import open_dataset
 from operators.synthetic import write_synthetic_video
-from pipeline.driver import JobActors, JobResult, run_job
+from pipeline.driver import JobActors, JobResult
 from pipeline.engine_actor import EngineStats, gpu_memory
 from pipeline.metrics import JobMetrics
 from pipeline.stream_stats import SinkCounts, StreamCounters, StreamStats
 from sam3_runtime.model import write_random_checkpoint
+from tests.background_job import BackgroundJob, wait_for
 
 # Only ends a wait that would otherwise hang; the job's own reports decide when to go on.
-HANG_GUARD_S = 300.0
 SHORT_FPS = 5.0
 JOB = """
 name: watch
@@ -69,15 +67,16 @@ def _state_key(sid: str, state: str) -> tuple:
 @dataclass
 class RunningJob:
     port: int
-    actors: JobActors
+    background: BackgroundJob
     out: Path  # the Parquet dataset
-    outcome: dict = field(default_factory=dict)  # "result" (JobResult) or "error", once run_job returned
+
+    @property
+    def actors(self) -> JobActors:
+        return self.background.actors
 
     @property
     def result(self) -> JobResult:
-        if "error" in self.outcome:
-            raise self.outcome["error"]
-        return self.outcome["result"]
+        return self.background.result()
 
 
 @contextlib.contextmanager
@@ -92,43 +91,22 @@ def running_job(tmp_path: Path):
     path = tmp_path / "watch.yaml"
     path.write_text(JOB.format(checkpoint=write_random_checkpoint(media / "tiny"), short=short, looping=looping,
                                fps=SHORT_FPS, out=tmp_path / "out", port=port))
-    started, actors, outcome = threading.Event(), [], {}
-
-    def on_started(job_actors: JobActors) -> None:
-        actors.append(job_actors)
-        started.set()
-
-    def run() -> None:
-        try:
-            outcome["result"] = run_job(str(path), show_progress=False, on_started=on_started)
-        except BaseException as e:
-            outcome["error"] = e
-        finally:
-            started.set()
-
-    thread = threading.Thread(target=run, name="job", daemon=True)
-    thread.start()
-    assert started.wait(HANG_GUARD_S), "the job's streams did not start"
-    if not actors:
-        raise outcome["error"]
-    job = RunningJob(port, actors[0], tmp_path / "out", outcome)
+    background = BackgroundJob(path)
+    background.start()
     try:
-        yield job
+        yield RunningJob(port, background, tmp_path / "out")
     finally:
-        for stream in job.actors.streams.values():
-            stream.stop.remote()
-        thread.join(HANG_GUARD_S)
-    assert not thread.is_alive(), "the job did not stop"
+        background.stop_streams()
+        background.join()
 
 
 def wait_for_scrape(port: int, condition: Callable[[dict], object], what: str) -> dict:
     """Scrape until ``condition`` holds for what the job serves; that scrape."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not condition(got := scrape(port)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {HANG_GUARD_S} s")
-        time.sleep(0.2)
-    return got
+    def satisfied() -> dict | None:
+        got = scrape(port)
+        return got if condition(got) else None
+
+    return wait_for(satisfied, what, interval_s=0.2)
 
 
 def test_scrape_reports_streams_and_engines_and_close_frees_the_port():

@@ -18,6 +18,7 @@ from operators.synthetic import write_synthetic_video
 from pipeline.cli import main
 from pipeline.driver import run_job
 from sam3_runtime.model import write_random_checkpoint
+from tests.background_job import HANG_GUARD_S, wait_for
 from tests.rtsp_server import rtsp_server
 
 JOB = """
@@ -35,9 +36,8 @@ sinks:
   kafka: {{bootstrap_servers: "{kafka}", topic: tracks, events_topic: events}}
 metrics: {{port: null}}
 """
-# Only ends a wait that would otherwise hang; every step of these tests is triggered by what the
-# job reports (frames processed, resume points, reconnects), never by how long it has run.
-HANG_GUARD_S = 300.0
+# Every step of these tests is triggered by what the job reports (frames processed, resume
+# points, reconnects), never by how long it has run; HANG_GUARD_S only ends a wait that would hang.
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +77,6 @@ def _consume(broker, topic, expected: int) -> list:
     return messages
 
 
-def _wait_for(condition, what: str):
-    """Poll ``condition()`` until it returns something true, and return that."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {HANG_GUARD_S} s")
-        time.sleep(0.05)
-    return value
 
 
 def _stats(stream):
@@ -95,7 +87,7 @@ def _stats(stream):
 
 def _processed_at_least(stream, frames: int, what: str) -> int:
     """Wait until ``stream`` has processed ``frames`` frames; the count it had then."""
-    return _wait_for(lambda: (n := _stats(stream).counters.frames_processed) >= frames and n, what)
+    return wait_for(lambda: (n := _stats(stream).counters.frames_processed) >= frames and n, what)
 
 
 def _in_background(action, errors: list) -> None:
@@ -193,7 +185,7 @@ def test_stream_actor_killed_mid_run_resumes_from_its_checkpoint(ray_session, me
     def kill_after_a_checkpoint(actors):
         def kill():
             stream = actors.streams["long"]
-            _wait_for(held_file.exists, "resume point held by the driver")  # it writes each one it holds
+            wait_for(held_file.exists, "resume point held by the driver")  # it writes each one it holds
             held = json.loads(held_file.read_text())["frame_index"]
             latest = ray.get(stream.resume_point.remote())
             ray.kill(stream, no_restart=False)
@@ -236,7 +228,7 @@ def test_rtsp_stream_survives_a_server_restart(ray_session, media, broker, tmp_p
                 frames_seen.append(_processed_at_least(stream, 10, "frames before the server restart"))
                 server.kill()  # a crash: the stream's connection just dies
                 server.start()
-                reconnected = _wait_for(lambda: (s := _stats(stream)).counters.reconnects >= 1 and s, "reconnect")
+                reconnected = wait_for(lambda: (s := _stats(stream)).counters.reconnects >= 1 and s, "reconnect")
                 frames_seen.append(reconnected.counters.frames_processed)
                 frames_seen.append(_processed_at_least(stream, frames_seen[-1] + 10, "frames after the reconnect"))
                 stream.stop.remote()

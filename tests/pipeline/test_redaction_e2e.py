@@ -12,7 +12,6 @@ import functools
 import http.server
 import logging
 import threading
-import time
 import urllib.request
 import wave
 from pathlib import Path
@@ -22,14 +21,13 @@ from rich.console import Console
 
 from operators.sinks.parquet_sink import open_dataset
 from operators.synthetic import write_synthetic_video
-from pipeline.driver import JobActors, run_job
 from pipeline.jobspec import load_job
 from pipeline.progress import JobProgress, summary_table
 from sam3_runtime.model import write_random_checkpoint
+from tests.background_job import HANG_GUARD_S, BackgroundJob, wait_for
 from tests.rtsp_server import free_port
 
 SECRET = "S3cretPa55"
-HANG_GUARD_S = 300.0  # only ends a wait that would otherwise hang
 JOB = """
 name: secrets
 model: {{checkpoint: {checkpoint}, device: cpu}}
@@ -94,12 +92,6 @@ def _scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
-def _wait_for(condition, what: str):
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not (got := condition()):
-        assert time.monotonic() < deadline, f"no {what} within {HANG_GUARD_S} s"
-        time.sleep(0.3)
-    return got
 
 
 def test_a_password_in_source_urls_is_shown_nowhere(ray_session, tmp_path, monkeypatch, caplog, capsys):
@@ -110,44 +102,27 @@ def test_a_password_in_source_urls_is_shown_nowhere(ray_session, tmp_path, monke
     _write_tone(media / "tone.wav")
     closed, port = free_port(), free_port()
     path = tmp_path / "secrets.yaml"
-    started, actors, outcome, scrapes = threading.Event(), [], {}, []
+    scrapes = []
     with _http_server(media, fail_first="clip.mp4") as host:
         path.write_text(JOB.format(checkpoint=write_random_checkpoint(media / "tiny"), closed=closed, http=host,
                                    clip=media / "clip.mp4", out=tmp_path / "out", port=port))
         assert SECRET not in path.read_text()  # the job file names the variable, never the password
 
-        def on_started(job_actors: JobActors) -> None:
-            actors.append(job_actors)
-            started.set()
-
-        def run() -> None:
-            try:
-                outcome["result"] = run_job(str(path), show_progress=False, on_started=on_started)
-            except BaseException as e:
-                outcome["error"] = e
-            finally:
-                started.set()
-
         caplog.set_level(logging.INFO)
-        thread = threading.Thread(target=run, name="job", daemon=True)
-        thread.start()
+        running = BackgroundJob(path)
+        running.start()
         try:
-            assert started.wait(HANG_GUARD_S) and actors, outcome
             # the camera keeps failing: more than two reconnect waits in its actor's log
-            _wait_for(lambda: _ray_logs().count(f"127.0.0.1:{closed}/stream, attempt") > 2, "three camera reconnects")
+            wait_for(lambda: _ray_logs().count(f"127.0.0.1:{closed}/stream, attempt") > 2, "three camera reconnects")
             # the other streams ended: the clip after its reconnect, the audio with its error
-            _wait_for(lambda: all(f'sam3_stream_state{{job="secrets",state="{state}",stream="{sid}"}} 1.0' in
-                                  (scrapes.append(_scrape(port)) or scrapes[-1])
-                                  for sid, state in (("web", "finished"), ("audio", "failed"), ("clip", "finished"))),
-                      "web and clip finished, audio failed")
+            wait_for(lambda: all(f'sam3_stream_state{{job="secrets",state="{state}",stream="{sid}"}} 1.0' in
+                                 (scrapes.append(_scrape(port)) or scrapes[-1])
+                                 for sid, state in (("web", "finished"), ("audio", "failed"), ("clip", "finished"))),
+                     "web and clip finished, audio failed")
         finally:
-            for stream in actors[0].streams.values() if actors else ():
-                stream.stop.remote()
-            thread.join(HANG_GUARD_S)
-    assert not thread.is_alive(), "the job did not stop"
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
+            running.stop_streams()
+            running.join()
+    result = running.result()
     assert result.streams["web"].counters.reconnects == 1 and result.streams["web"].counters.records > 0
 
     events = open_dataset(tmp_path / "out", "events").to_table().to_pylist()
