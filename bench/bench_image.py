@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from tests.hf_reference import hf_video_model
+    from tests.parity.hf_reference import hf_video_model
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

@@ -58,7 +58,7 @@ FPS = 10.0
 
 def build_models(preset: str, device: torch.device, dtype: torch.dtype, workdir: str):
     """Our ``LoadedModel`` and transformers' ``Sam3VideoModel`` holding the same random weights."""
-    from tests.hf_reference import hf_video_config, hf_video_model
+    from tests.parity.hf_reference import hf_video_config, hf_video_model
 
     if preset == "tiny":
         loaded = load_model(str(write_random_checkpoint(f"{workdir}/tiny")), device=device, dtype=dtype)

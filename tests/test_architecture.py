@@ -206,3 +206,17 @@ def test_size_exceptions_are_still_needed():
     # an exception outlives its reason unnoticed unless this fails once the module is small enough
     small = [rel for rel in OVER_MAX_LINES if len((ROOT / rel).read_text().splitlines()) <= MAX_LINES]
     assert small == []
+
+
+def test_every_project_import_names_a_module_that_exists():
+    """A module moved or renamed leaves no import behind, function-level ones included (those only
+    fail when their function runs): across the packages, the benchmarks and the tests."""
+    everything = project_modules(packages=(*PACKAGES, "bench", "tests"))
+    missing = [
+        f"{everything[imp.importer].relative_to(ROOT)}:{imp.line}: {imp.target}"
+        for name, path in everything.items()
+        for imp in _imports_of(name, path, everything)
+        if imp.target.split(".")[0] in {*PACKAGES, "bench", "tests"}
+        and imp.target not in everything
+    ]
+    assert not missing, "imports of modules that do not exist:\n" + "\n".join(missing)
