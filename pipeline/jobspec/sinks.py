@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.jobspec.common import Spec, base_dir, local_path
+from pipeline.jobspec.common import Spec, base_dir, exists, local_path
 from pipeline.validation_errors import FieldProblem
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -63,7 +63,7 @@ class KafkaSinkSpec(Spec):
 
     @field_validator("client")
     @classmethod
-    def _client(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _client(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         known = _kafka_producer_settings()
         for key in value:
             if key in _KAFKA_RESERVED:
@@ -72,7 +72,7 @@ class KafkaSinkSpec(Spec):
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f"did you mean '{close[0]}'?" if close else "see kafka-python's KafkaProducer settings"
                 raise FieldProblem((key,), f"unknown Kafka producer setting '{key}' ({hint})")
-        return value
+        return checked_kafka_security(value, base_dir(info))
 
     @model_validator(mode="after")
     def _distinct_topics(self) -> KafkaSinkSpec:
@@ -96,6 +96,46 @@ class SinksSpec(Spec):
 class MetricsSpec(Spec):
     port: int | None = Field(9464, ge=1, le=65535)  # Prometheus endpoint; null disables it
     host: str = "0.0.0.0"
+
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+_SSL_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_crlfile")
+
+
+def checked_kafka_security(client: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """``client`` with its TLS files made absolute against ``directory`` (the job file's). TLS and
+    SASL settings the broker would only refuse at connect time (or, for a missing CA file, deep in
+    the TLS handshake) are refused here instead."""
+    protocol = client.get("security_protocol", "PLAINTEXT")
+    if protocol not in _SECURITY_PROTOCOLS:
+        close = difflib.get_close_matches(str(protocol).upper(), _SECURITY_PROTOCOLS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"one of {', '.join(_SECURITY_PROTOCOLS)}"
+        raise FieldProblem(("security_protocol",), f"unknown security protocol {protocol!r} ({hint})")
+    mechanism = client.get("sasl_mechanism")
+    if protocol.startswith("SASL"):
+        if mechanism is None:
+            raise FieldProblem(("sasl_mechanism",), f"security_protocol {protocol} needs a sasl_mechanism "
+                               f"(one of {', '.join(_SASL_MECHANISMS)})")
+        if mechanism not in _SASL_MECHANISMS:
+            raise FieldProblem(("sasl_mechanism",),
+                               f"unknown SASL mechanism {mechanism!r} (one of {', '.join(_SASL_MECHANISMS)})")
+        if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            for key in ("sasl_plain_username", "sasl_plain_password"):
+                if not client.get(key):
+                    raise FieldProblem((key,), f"SASL {mechanism} needs {key} (keep the password out of the "
+                                       "job file: sasl_plain_password: ${KAFKA_PASSWORD})")
+    elif mechanism is not None or any(k.startswith("sasl_") for k in client):
+        raise FieldProblem(("security_protocol",), f"SASL settings are ignored with security_protocol "
+                           f"{protocol}; use SASL_SSL (or SASL_PLAINTEXT)")
+    checked = dict(client)
+    for key in _SSL_FILES:
+        if key in client:
+            checked[key] = local_path(str(client[key]), directory)
+            if not exists(Path(checked[key]), file=True):
+                raise FieldProblem((key,), f"{key} {client[key]!r} is not a file (give the path of the PEM "
+                                   "file, absolute or relative to the job file)")
+    return checked
 
 
 def _kafka_producer_settings() -> set[str]:

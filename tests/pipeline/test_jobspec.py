@@ -238,7 +238,7 @@ metrics:
 sinks:
   kafka:
     client:
-      sasl_plain_password: "${KAFKA_PASSWORD:-}"
+      ssl_password: "${KAFKA_PASSWORD:-}"
       client_id: "$${not_a_variable}"
 """
     env = {"CAM_HOST": "10.0.0.9", "METRICS_PORT": "9999", "KAFKA_PASSWORD": "123"}
@@ -246,10 +246,10 @@ sinks:
     assert job.streams[0].source == "rtsp://10.0.0.9:554/s"
     assert job.streams[0].fps is None
     assert job.metrics.port == 9999
-    assert job.sinks.kafka.client == {"sasl_plain_password": "123", "client_id": "${not_a_variable}"}
+    assert job.sinks.kafka.client == {"ssl_password": "123", "client_id": "${not_a_variable}"}
     job = parse_job(text, base_dir=tmp_path, env={**env, "CAM_PORT": "8554", "FPS": "2.5", "KAFKA_PASSWORD": ""})
     assert (job.streams[0].source, job.streams[0].fps) == ("rtsp://10.0.0.9:8554/s", 2.5)
-    assert job.sinks.kafka.client["sasl_plain_password"] == ""
+    assert job.sinks.kafka.client["ssl_password"] == ""
 
 
 def test_missing_env_variable(tmp_path):
@@ -410,6 +410,40 @@ def test_more_field_checks(tmp_path):
     for text, needle, field, fragment in cases:
         error, job = load_error(tmp_path, text)
         assert_located(error, job, line_of(text, needle), field, fragment)
+
+
+KAFKA_CLIENT = BASE + "sinks:\n  kafka:\n    client:\n"
+
+
+def test_kafka_tls_and_sasl_settings(tmp_path):
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    text = KAFKA_CLIENT + """\
+      security_protocol: SASL_SSL
+      sasl_mechanism: SCRAM-SHA-512
+      sasl_plain_username: sam3
+      sasl_plain_password: ${KAFKA_PASSWORD}
+      ssl_cafile: certs/ca.pem
+"""
+    job = parse_job(text, base_dir=tmp_path, env={"KAFKA_PASSWORD": "s3cret"})
+    client = job.sinks.kafka.client
+    assert client["sasl_plain_password"] == "s3cret"
+    assert client["ssl_cafile"] == str(tmp_path / "certs" / "ca.pem")  # resolved against the job file, not the cwd
+    cases = [
+        ("      security_protocol: SASL_SSLL\n", "SASL_SSLL", "security_protocol", "did you mean 'SASL_SSL'?"),
+        ("      security_protocol: SASL_SSL\n", "client:", "sasl_mechanism", "needs a sasl_mechanism"),  # missing
+        ("      security_protocol: SASL_SSL\n      sasl_mechanism: SCRAM\n", "SCRAM", "sasl_mechanism",
+         "unknown SASL mechanism"),
+        ("      security_protocol: SASL_PLAINTEXT\n      sasl_mechanism: PLAIN\n      sasl_plain_username: u\n"
+         "      sasl_plain_password: ''\n", "sasl_plain_password", "sasl_plain_password", "${KAFKA_PASSWORD}"),
+        ("      sasl_mechanism: PLAIN\n", "client:", "security_protocol", "use SASL_SSL"),  # missing
+        ("      security_protocol: SSL\n      ssl_cafile: certs/missing.pem\n", "ssl_cafile", "ssl_cafile",
+         "is not a file"),
+    ]
+    for settings, needle, key, fragment in cases:
+        text = KAFKA_CLIENT + settings
+        error, job_file = load_error(tmp_path, text)
+        assert_located(error, job_file, line_of(text, needle), f"sinks.kafka.client.{key}", fragment)
 
 
 def test_first_problem_in_file_order_and_the_rest_counted(tmp_path):
