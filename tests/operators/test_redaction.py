@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import logging
-import threading
 
 import pytest
 
@@ -14,10 +10,10 @@ from operators.live_source import LiveSource
 from operators.redaction import redact_text, redact_url
 from operators.synthetic import write_synthetic_video
 from operators.video_source import VideoSourceError
+from tests.http_files import http_files
 from tests.rtsp_server import free_port
 
 SECRET = "S3cretPa55"
-HANG_GUARD_S = 60.0  # only ends a test that hangs
 
 
 @pytest.mark.parametrize(("url", "shown"), [
@@ -106,37 +102,10 @@ def test_unreachable_live_source_never_shows_its_password(caplog):
     assert source.url == url  # the connection itself used the real URL
 
 
-@contextlib.contextmanager
-def _http_server_failing_first(directory, failures: int):
-    """Serves ``directory`` over HTTP; the first ``failures`` requests get a 503."""
-    served = {"requests": 0}
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the name http.server dispatches to
-            served["requests"] += 1
-            if served["requests"] <= failures:
-                self.send_error(503)
-                return
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(HANG_GUARD_S)
-
-
 def test_reconnect_callback_gets_the_error_without_the_password(tmp_path, caplog):
     clip = write_synthetic_video(tmp_path / "clip.mp4", 5, (64, 48), 10.0)
     calls = []
-    with _http_server_failing_first(tmp_path, failures=1) as host:
+    with http_files(tmp_path, fail_first=clip.name) as host:
         url = f"http://viewer:{SECRET}@{host}/{clip.name}?token={SECRET}x"
         source = LiveSource(url, reconnect_initial_s=0.05, reconnect_max_s=0.1, max_reconnects=3, open_timeout_s=5,
                             on_reconnect=lambda *args: calls.append(args))

@@ -7,11 +7,7 @@ records), an HTTP audio-only file (a ``stream_error`` quoting the URL) and a pla
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import logging
-import threading
 import urllib.request
 import wave
 from pathlib import Path
@@ -24,7 +20,8 @@ from operators.synthetic import write_synthetic_video
 from pipeline.jobspec import load_job
 from pipeline.progress import JobProgress, summary_table
 from sam3_runtime.model import write_random_checkpoint
-from tests.background_job import HANG_GUARD_S, BackgroundJob, wait_for
+from tests.background_job import BackgroundJob, wait_for
+from tests.http_files import http_files
 from tests.rtsp_server import free_port
 
 SECRET = "S3cretPa55"
@@ -44,33 +41,6 @@ sinks:
   parquet: {{path: '{out}', flush_rows: 10, flush_seconds: 1}}
 metrics: {{port: {port}, host: 127.0.0.1}}
 """
-
-
-@contextlib.contextmanager
-def _http_server(directory: Path, fail_first: str):
-    """Serves ``directory``; the first request for ``fail_first`` gets a 503."""
-    failed: set[str] = set()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the name http.server dispatches to
-            if self.path.split("?")[0] == f"/{fail_first}" and not failed:
-                failed.add(self.path)
-                self.send_error(503)
-                return
-            super().do_GET()
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(HANG_GUARD_S)
 
 
 def _write_tone(path: Path) -> Path:
@@ -103,7 +73,7 @@ def test_a_password_in_source_urls_is_shown_nowhere(ray_session, tmp_path, monke
     closed, port = free_port(), free_port()
     path = tmp_path / "secrets.yaml"
     scrapes = []
-    with _http_server(media, fail_first="clip.mp4") as host:
+    with http_files(media, fail_first="clip.mp4") as host:
         path.write_text(JOB.format(checkpoint=write_random_checkpoint(media / "tiny"), closed=closed, http=host,
                                    clip=media / "clip.mp4", out=tmp_path / "out", port=port))
         assert SECRET not in path.read_text()  # the job file names the variable, never the password
