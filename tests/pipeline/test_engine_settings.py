@@ -11,17 +11,7 @@ from pipeline.engine_actor import EngineSettings
 from pipeline.jobspec import JobSpecError, load_job, parse_job
 from sam3_runtime.config import VideoConfig
 from sam3_runtime.video.types import EngineOptions
-
-BASE = """\
-name: t
-watchlists:
-  safety:
-    - concept: forklift
-streams:
-  - id: cam1
-    source: rtsp://cam/stream
-    watchlist: safety
-"""
+from tests.pipeline.test_jobspec import BASE
 
 TUNED = BASE + """\
 engine:
