@@ -100,6 +100,7 @@ class StreamTracks(StreamEvents):
         end_after_frames: int = 30,
         publish_tentative: bool = False,
         zone_anchor: ZoneAnchor = "centroid",
+        first_id: int = 0,
     ) -> None:
         if end_after_frames < 1:
             raise ValueError(f"end_after_frames must be >= 1, got {end_after_frames}")
@@ -118,7 +119,7 @@ class StreamTracks(StreamEvents):
         self._live: dict[int, _Track] = {}  # durable id -> live track (candidates and published)
         self._by_engine: dict[int, _Track] = {}  # current engine session's id -> its track
         self._pending: dict[int, int] = {}  # relinked engine id not seen yet -> durable id
-        self._next_id = 0
+        self._next_id = first_id  # above 0 when earlier rows of the same source hold the lower ids
 
     # -- identity -----------------------------------------------------------------------------
 

@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 
-from pipeline.commands import checkpoint, run, samples, segment, track
+from pipeline.commands import checkpoint, index, query, run, samples, segment, track
 from pipeline.exit_codes import ExitCode
 
-COMMANDS = (run, segment, track, samples, checkpoint)
+COMMANDS = (run, index, query, segment, track, samples, checkpoint)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -10,6 +10,7 @@ from pydantic import PrivateAttr, ValidationInfo, field_validator, model_validat
 
 from pipeline.jobspec.common import NAME, Spec
 from pipeline.jobspec.engine import EngineSpec
+from pipeline.jobspec.index import IndexSpec
 from pipeline.jobspec.model import ModelSpec
 from pipeline.jobspec.sinks import MetricsSpec, SinksSpec
 from pipeline.jobspec.streams import ConceptRule, StreamSpec
@@ -21,7 +22,8 @@ class JobSpec(Spec):
     model: ModelSpec = ModelSpec()
     engine: EngineSpec = EngineSpec()  # validated before streams, whose defaults come from it
     watchlists: dict[str, list[ConceptRule]] = {}
-    streams: list[StreamSpec]
+    streams: list[StreamSpec] = []  # a job has streams, an index section, or both
+    index: IndexSpec | None = None
     sinks: SinksSpec = SinksSpec()
     metrics: MetricsSpec = MetricsSpec()
     _job_file: Path | None = PrivateAttr(default=None)
@@ -69,6 +71,17 @@ class JobSpec(Spec):
 
     @model_validator(mode="after")
     def _links(self) -> JobSpec:
+        if self.streams and self.index is not None:
+            raise FieldProblem(("index",), "a job has streams: or an index: section, not both (split it into a "
+                               "streaming job and an index job)")
+        if not self.streams and self.index is None:
+            raise FieldProblem(("streams",), "a job needs at least one stream (add '- id: ..., source: ..., "
+                               "watchlist: ...') or an index: section")
+        if self.index is not None and self.index.watchlist not in self.watchlists:
+            close = difflib.get_close_matches(self.index.watchlist, list(self.watchlists), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise FieldProblem(("index", "watchlist"), f"unknown watchlist '{self.index.watchlist}' — "
+                               f"{hint}(defined: {', '.join(self.watchlists) or 'none'})")
         for index, stream in enumerate(self.streams):
             if stream.watchlist not in self.watchlists:
                 close = difflib.get_close_matches(stream.watchlist, list(self.watchlists), n=1)
@@ -97,7 +110,13 @@ class JobSpec(Spec):
             return list(rules)
         return [r if r.zones is not None else r.model_copy(update={"zones": spec.zones}) for r in rules]
 
+    def index_rules(self) -> list[ConceptRule]:
+        """The rules of the index section's watchlist."""
+        if self.index is None:
+            raise KeyError(f"job {self.name!r} has no index: section")
+        return list(self.watchlists[self.index.watchlist])
+
     def concepts(self) -> list[str]:
         """Every concept any stream watches, once each, in first-seen order."""
-        used = {s.watchlist for s in self.streams}
+        used = {s.watchlist for s in self.streams} | ({self.index.watchlist} if self.index is not None else set())
         return list(dict.fromkeys(r.concept for n, rules in self.watchlists.items() if n in used for r in rules))

@@ -72,6 +72,10 @@ def resolve_watchlists(doc: YamlDocument, job_dir: Path, search: list[Path], env
         ref = stream.get("watchlist") if isinstance(stream, dict) else None
         if isinstance(ref, str) and ref.strip() and ref not in watchlists:
             load(ref, ("streams", index, "watchlist"), ref)
+    index = data.get("index")
+    ref = index.get("watchlist") if isinstance(index, dict) else None
+    if isinstance(ref, str) and ref.strip() and ref not in watchlists:
+        load(ref, ("index", "watchlist"), ref)
     if watchlists:
         data["watchlists"] = watchlists
 

@@ -1,0 +1,214 @@
+"""Index a video archive: plan from the catalog, hand files out over every engine, record each result.
+
+``run_index`` is what ``sam3-stream index`` and ``sam3-stream run`` (on a job with an ``index:``
+section) call. It lists the sources, reads the dataset's catalog and plans the work
+(``pipeline.index.catalog.plan_work``: only new, changed, retried or concept-extended files) before
+anything starts, so a run with nothing to do ends in seconds. Then it starts the engines and one
+:class:`~pipeline.index.worker.IndexWorker` per engine, and keeps every worker holding
+``files_in_flight`` files, handing the next file to whichever worker finished one: a long file never
+holds back the rest. Completed files' catalog rows are appended every few seconds and at the end.
+
+A worker that dies (its node lost, say) gives its files back to the queue; a file whose worker
+died ``MAX_ATTEMPTS`` times is recorded as failed. SIGINT/SIGTERM or ``max_seconds`` stop
+handing out files and abandon the passes in flight (they wrote nothing; the same command later
+does them). Exit code 0 when every file is done, 3 when some failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import ray
+
+from operators.index_tables import DONE
+from operators.storage import resolve
+from pipeline.exit_codes import ExitCode
+from pipeline.index.catalog import Catalog, catalog_row, plan_work
+from pipeline.index.inputs import list_archive
+from pipeline.index.progress import IndexProgress
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.5
+CATALOG_FLUSH_S = 5.0  # completed files' rows wait at most this long before they are appended
+MAX_ATTEMPTS = 3  # a file whose worker died this many times while on it is recorded as failed
+REFUSED_RETRY_S = 0.25
+
+
+@dataclass
+class IndexResult:
+    exit_code: int
+    done: int = 0
+    failed: int = 0
+    up_to_date: int = 0
+    failed_before: int = 0  # failed in an earlier run and not retried
+    frames: int = 0
+    stopped: bool = False
+    failures: dict[str, str] = field(default_factory=dict)  # uri -> error
+
+
+def run_index(job, *, job_path: str = "<index>", show_progress: bool = True, max_seconds: float | None = None,
+              stop: threading.Event | None = None, on_started: Callable[[dict], None] | None = None) -> IndexResult:
+    """Run the job's ``index:`` section to its end (or until ``stop`` is set / ``max_seconds`` pass)."""
+    spec = job.index
+    root = resolve(spec.out)
+    files = list_archive(spec.sources)  # InputError (exit 2) before anything starts
+    catalog = Catalog.load(root)
+    concepts = [rule.concept for rule in job.index_rules()]
+    plan = plan_work(files, catalog, concepts, str(job.model.checkpoint), force=spec.force,
+                     retry_failed=spec.retry_failed)
+    logger.info("%s: %d files in the sources: %s", root.uri, len(files), plan.summary())
+    result = IndexResult(ExitCode.OK, up_to_date=plan.up_to_date, failed_before=plan.failed_skipped)
+    if not plan.items:
+        logger.info("nothing to do: the index at %s is up to date", root.uri)
+        result.exit_code = ExitCode.PARTIAL if plan.failed_skipped else ExitCode.OK
+        return result
+    stop = stop or threading.Event()
+    with ExitStack() as cleanup:
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=True)
+            cleanup.callback(ray.shutdown)
+        _install_signal_handlers(stop, cleanup)
+        run = _IndexRun(job, job_path, plan.items, catalog, result, stop, max_seconds, cleanup)
+        if on_started is not None:
+            on_started(run.workers)
+        with IndexProgress(len(plan.items), enabled=show_progress) as progress:
+            try:
+                run.loop(progress)
+            finally:
+                run.flush_rows(force=True)
+    logger.info("indexed %d files (%d failed) and %d frames into %s%s", result.done, result.failed, result.frames,
+                root.uri, "; stopped early: run the same command again to go on" if result.stopped else "")
+    for uri, error in result.failures.items():
+        logger.error("%s: %s", uri, error)
+    if result.failed or result.failed_before:
+        result.exit_code = ExitCode.PARTIAL
+    return result
+
+
+class _IndexRun:
+    """The work queue of one run and the workers it feeds."""
+
+    def __init__(self, job, job_path: str, items, catalog: Catalog, result: IndexResult, stop: threading.Event,
+                 max_seconds: float | None, cleanup: ExitStack):
+        from pipeline.engines import start_engines
+        from pipeline.index.worker import IndexWorker
+
+        self.job, self.catalog, self.result, self.stop = job, catalog, result, stop
+        self.run_id = uuid.uuid4().hex[:8]
+        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.queue = deque(items)
+        self.attempts: Counter[str] = Counter()
+        self.rows: list[dict] = []
+        self.last_flush = time.monotonic()
+        engines = start_engines(job, job_path, self.run_id, cleanup)
+        per_engine = job.index.files_in_flight or 2 * job.engine.max_batch
+        self.capacity = per_engine
+        self.workers = {}
+        for name, actor_name in engines.names.items():
+            worker = IndexWorker.options(name=f"{job.name}-{self.run_id}-index-{name}", max_concurrency=per_engine,
+                                         num_cpus=0, enable_task_events=False).remote(job, actor_name, self.run_id)
+            self.workers[name] = worker
+            cleanup.callback(ray.kill, worker)
+        ray.get([w.ready.remote() for w in self.workers.values()])
+        self.in_flight: dict = {}  # ObjectRef -> (worker name, item)
+        self.frames_seen: dict[str, int] = {}
+
+    def loop(self, progress: IndexProgress) -> None:
+        stopping = False
+        while self.queue or self.in_flight:
+            if not stopping:
+                self._hand_out()
+            ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=POLL_S)
+            for ref in ready:
+                self._collect(ref)
+            self.flush_rows()
+            self._poll_frames()
+            progress.update(self.result.done + self.result.failed, self.result.failed, self.result.frames)
+            timed_out = self.deadline is not None and time.monotonic() > self.deadline
+            if (self.stop.is_set() or timed_out) and not stopping:
+                stopping = True
+                self.result.stopped = True
+                logger.info("stopping: %d files not started stay for the next run; passes in flight are abandoned",
+                            len(self.queue))
+                self.queue.clear()
+                for worker in self.workers.values():
+                    worker.stop.remote()
+
+    def _hand_out(self) -> None:
+        load = Counter(name for name, _ in self.in_flight.values())
+        for name, worker in self.workers.items():
+            while self.queue and load[name] < self.capacity:
+                item = self.queue.popleft()
+                self.in_flight[worker.index.remote(item)] = (name, item)
+                load[name] += 1
+
+    def _collect(self, ref) -> None:
+        name, item = self.in_flight.pop(ref)
+        try:
+            row = ray.get(ref)
+        except ray.exceptions.ActorUnavailableError:  # restarting: not the file's fault, ask again
+            time.sleep(REFUSED_RETRY_S)
+            self.queue.appendleft(item)
+            return
+        except ray.exceptions.RayActorError as e:
+            uri = item.file.shown_uri
+            self.attempts[uri] += 1
+            if self.attempts[uri] < MAX_ATTEMPTS:
+                logger.warning("%s: its worker (%s) died; the file goes back to the queue (%s)", uri, name,
+                               str(e).splitlines()[0])
+                self.queue.append(item)
+                return
+            row = catalog_row(item, status="failed", error=f"its worker died {MAX_ATTEMPTS} times while indexing it",
+                              duration_s=None, frames=0, fps=None, checkpoint=str(self.job.model.checkpoint),
+                              run_id=self.run_id, processing_s=0.0, next_track_id=item.first_track_id,
+                              parts=item.keep_parts)
+        if row is None:
+            return  # abandoned on stop
+        self.rows.append(row)
+        if row["status"] == DONE:
+            self.result.done += 1
+        else:
+            self.result.failed += 1
+            self.result.failures[row["uri"]] = row["error"]
+
+    def flush_rows(self, force: bool = False) -> None:
+        if not self.rows or (not force and time.monotonic() - self.last_flush < CATALOG_FLUSH_S):
+            return
+        self.catalog.append(self.rows, self.run_id)
+        self.rows = []
+        self.last_flush = time.monotonic()
+
+    def _poll_frames(self) -> None:
+        for name, worker in self.workers.items():
+            try:
+                self.frames_seen[name] = ray.get(worker.frames.remote(), timeout=POLL_S)
+            except Exception:
+                continue  # a busy or restarting worker: its last count stands
+        self.result.frames = sum(self.frames_seen.values())
+
+
+def _install_signal_handlers(stop: threading.Event, cleanup: ExitStack) -> None:
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop waiting
+        logger.warning("received %s: stopping (files in flight are done again next run; send it again to abort)",
+                       signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    cleanup.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])
