@@ -17,6 +17,13 @@ def register(sub) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from pipeline.driver import run_job  # Ray loads only for the command that needs it
+    from pipeline.jobspec import load_job
 
+    job = load_job(args.job)
+    if job.index is not None:  # an index job: incremental by itself, so --resume changes nothing
+        from pipeline.index.run import run_index
+
+        return run_index(job, job_path=args.job, show_progress=not args.no_progress,
+                         max_seconds=args.max_seconds).exit_code
     return run_job(args.job, max_seconds=args.max_seconds, show_progress=not args.no_progress,
                    resume=args.resume).exit_code
