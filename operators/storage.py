@@ -112,15 +112,27 @@ class Location:
 
     def write_bytes(self, data: bytes) -> None:
         """Write the whole file atomically (see the module docstring)."""
+        # Not bytes-like: fail before anything is opened (closing an object-store stream, even after an
+        # error, would store whatever it had, replacing a good object with an empty one).
+        view = memoryview(data)
         try:
             if self.is_local:
-                _write_local_atomically(Path(self.path), data)
+                _write_local_atomically(Path(self.path), view)
             else:
                 with self.fs.open_output_stream(self.path) as f:
-                    f.write(data)
+                    f.write(view)
         except OSError as e:
-            raise StorageError(f"cannot write {self.uri}: {type(e).__name__}: {e}; check free space, permissions "
-                               "and, for an object store, the credentials") from e
+            raise StorageError(f"cannot write {self.uri}: {type(e).__name__}: {e}; {self._hint(e)}") from e
+
+    def _hint(self, error: OSError) -> str:
+        """What to check after a failed write, as precisely as the error allows."""
+        text = str(error)
+        if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
+            return f"the bucket {self.path.split('/', 1)[0]!r} does not exist: create it, or fix the URI"
+        if self.is_local:
+            return "check free space and permissions"
+        return "check the credentials and endpoint in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, " \
+               "AWS_ENDPOINT_URL) and the bucket's permissions"
 
     def write_parquet(self, table: pa.Table, compression: str = "zstd") -> None:
         """``table`` as one Parquet file, written atomically."""
@@ -159,16 +171,21 @@ def resolve(uri: str | os.PathLike) -> Location:
     if scheme not in OBJECT_STORE_SCHEMES:
         raise StorageError(f"{text}: {scheme}:// is not a storage location; use a local path or one of "
                            f"{', '.join(s + '://' for s in OBJECT_STORE_SCHEMES)}")
+    opened = text
+    if scheme == "s3":
+        # Delayed open: a file that fits one part is sent as a single PUT (one request, not three),
+        # and S3-compatible stores that mishandle multipart completion still take it.
+        opened = f"{text}{'&' if '?' in text else '?'}allow_delayed_open=true"
     try:
-        fs, path = pafs.FileSystem.from_uri(text)
+        fs, path = pafs.FileSystem.from_uri(opened)
     except (OSError, pa.ArrowException) as e:
         raise StorageError(f"{text}: cannot open this object store ({e}); check the URI, and the credentials and "
                            "endpoint in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
                            "AWS_ENDPOINT_URL)") from e
-    return Location(fs, path.rstrip("/"), text.rstrip("/"))
+    return Location(fs, path.rstrip("/"), text.split("?", 1)[0].rstrip("/"))
 
 
-def _write_local_atomically(path: Path, data: bytes) -> None:
+def _write_local_atomically(path: Path, data: bytes | memoryview) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:

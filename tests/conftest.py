@@ -4,6 +4,8 @@ import types
 
 import pytest
 
+pytest_plugins = ["tests.s3_server"]  # s3_server, s3_env: a real S3-compatible server for storage tests
+
 
 @pytest.fixture
 def hf_roi_align(monkeypatch):
@@ -29,11 +31,13 @@ def single_intra_op_thread():
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for the whole test session (starting Ray takes seconds)."""
+def ray_session(s3_server):
+    """One local Ray instance for the whole test session (starting Ray takes seconds). Its actors get the
+    test S3 server's endpoint and credentials (they do not see a test's monkeypatched environment)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=6, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        ray.init(num_cpus=6, include_dashboard=False, logging_level="WARNING", log_to_driver=False,
+                 runtime_env={"env_vars": s3_server.env})
     yield ray
     ray.shutdown()
