@@ -2,8 +2,8 @@
 
 Error policy (every failure is a :class:`VideoSourceError`, a ``ValueError``):
 
-* Problems visible when opening (missing file, not a media file, no video stream, a codec this
-  FFmpeg build cannot decode) raise from :func:`open_video` itself, before any frame.
+* Problems visible when opening (missing or empty file, not a media file, no video stream, a codec
+  this FFmpeg build cannot decode) raise from :func:`open_video` itself, before any frame.
 * Problems met while decoding raise lazily, from the iterator, only after every frame decoded so
   far has been yielded, so a caller can keep what it got. A damaged packet is skipped (FFmpeg's
   own behaviour); decoding gives up when ``max_consecutive_errors`` packets in a row fail or
@@ -23,7 +23,13 @@ PyAV/FFmpeg behaviours this relies on (measured with av 18 / FFmpeg 8):
   reports the partial last packet as an error (which is skipped); with frame threading it may
   drop the last one or two frames before the cut without reporting anything. Use
   ``thread_type="SLICE"`` when exact error reporting matters more than decode speed.
-* FFmpeg's ``tty`` demuxer opens any ``.txt`` file as an ANSI-art "video"; it is rejected here.
+* FFmpeg's ``tty`` demuxer opens any ``.txt`` file as an ANSI-art "video", and its image demuxers
+  open a still picture (even one named ``.mp4``) as a one-frame "video"; both are rejected here.
+
+Frames come out as players show them, in one size per stream: a display matrix (a phone held
+upright) is applied; the first frame fixes ``frame_size``, capped at ``max_side`` pixels a side (an
+8K frame costs 100 MB a copy, and masks are made at frame size); a later frame of another size (a
+camera switching resolution) is scaled to it, so tracks go on. Boxes and masks are in these pixels.
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ _TEXT_FORMATS = frozenset({"tty"})
 # Timestamps in millisecond time bases (Matroska, FLV) are rounded; a frame nominally on a
 # sampling instant may sit up to half a tick before it.
 _SAMPLING_TOLERANCE_S = 1e-3
+# The longest frame side delivered (4K UHD): the model sees 1008x1008 anyway, and masks are made
+# at the frame's size, so larger frames only cost memory.
+MAX_FRAME_SIDE = 3840
 
 
 class VideoSourceError(ValueError):
@@ -122,6 +131,12 @@ def open_video(source: str | os.PathLike[str], fps: float | None = None, **optio
     return VideoSource(source, fps, **options)
 
 
+def _capped(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``size`` scaled down, aspect kept, so that its longer side is at most ``max_side``."""
+    scale = max_side / max(size)
+    return size if scale >= 1 else (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+
+
 def _is_url(source: str) -> bool:
     return "://" in source and not source.startswith("file:")
 
@@ -132,20 +147,14 @@ class VideoSource:
     ``fps`` resamples by presentation time (see :class:`FpsSampler`); ``None`` keeps every frame.
     ``thread_type`` is PyAV's decoder threading ("AUTO", "FRAME", "SLICE" or "NONE").
     ``options`` and ``timeout_s`` go to ``av.open`` (e.g. ``{"rtsp_transport": "tcp"}``).
-    After iteration, ``frames_decoded``, ``frames_emitted``, ``decode_errors`` and ``truncated``
+    ``frame_size`` (width, height) and ``max_side``: see the module docstring. After iteration, ``frames_decoded``, ``frames_emitted``, ``decode_errors`` and ``truncated``
     describe what happened.
     """
 
-    def __init__(
-        self,
-        source: str | os.PathLike[str],
-        fps: float | None = None,
-        *,
-        thread_type: str = "AUTO",
-        max_consecutive_errors: int = 50,
-        options: Mapping[str, str] | None = None,
-        timeout_s: float | None = None,
-    ) -> None:
+    def __init__(self, source: str | os.PathLike[str], fps: float | None = None, *, thread_type: str = "AUTO",
+                 max_consecutive_errors: int = 50, options: Mapping[str, str] | None = None,
+                 timeout_s: float | None = None, frame_size: tuple[int, int] | None = None,
+                 max_side: int = MAX_FRAME_SIDE) -> None:
         if max_consecutive_errors < 0:
             raise ValueError(f"max_consecutive_errors must be >= 0, got {max_consecutive_errors}")
         self.source = os.fspath(source)
@@ -159,6 +168,9 @@ class VideoSource:
         self._started = False
         self._last_pts_s: float | None = None
         self._origin_pts: int | None = None
+        self.frame_size = frame_size  # (width, height) of every delivered frame; None: the first frame's
+        self._max_side = max_side
+        self._size_changed = False
 
         self._container = self._open_container(options, timeout_s)
         try:
@@ -185,6 +197,9 @@ class VideoSource:
                 raise self._error(f"Video file not found: {name}{where}; check the path.", "missing")
             if path.is_dir():
                 raise self._error(f"{name} is a directory, not a video file; pass a single video file.", "not_video")
+            if path.stat().st_size == 0:
+                raise self._error(f"{name} is empty (0 bytes); an interrupted copy or download? Copy it again.",
+                                  "no_frames")
         try:
             return av.open(name, mode="r", options=dict(options or {}), timeout=timeout_s)
         except (av.error.FFmpegError, OSError) as exc:
@@ -204,6 +219,9 @@ class VideoSource:
         container = self._container
         if container.format.name in _TEXT_FORMATS:
             raise self._error(f"{self.shown} is a text file, not a video; pass a video file.", "not_video")
+        if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+            raise self._error(f"{self.shown} is a still image ({container.format.name}), not a video; pass a video "
+                              "file, or segment images with `sam3-stream segment`.", "not_video")
         if not container.streams.video:
             found = ", ".join(sorted({s.type for s in container.streams})) or "no streams at all"
             raise self._error(
@@ -264,12 +282,26 @@ class VideoSource:
                 if not self._sampler.accept(pts_s):
                     continue
                 # Convert only kept frames: colour conversion costs more than decoding at low fps.
-                image = decoded.to_ndarray(format="rgb24")
+                image = self._to_rgb(decoded)
                 yield Frame(index=self.frames_emitted, source_index=source_index, pts_s=pts_s, image=image)
                 self.frames_emitted += 1
             self._check_complete()
         finally:
             self.close()
+
+    def _to_rgb(self, decoded: av.VideoFrame) -> np.ndarray:
+        """RGB pixels as a player shows them, in the stream's one frame size (see the module docstring)."""
+        turns = round((decoded.rotation or 0) / 90) % 4  # the display matrix turns counter-clockwise
+        stored = (decoded.width, decoded.height)
+        if self.frame_size is None:
+            self.frame_size = _capped(stored if turns % 2 == 0 else stored[::-1], self._max_side)
+        want = self.frame_size if turns % 2 == 0 else self.frame_size[::-1]
+        if want != stored and not self._size_changed and _capped(stored, self._max_side) != want:
+            self._size_changed = True
+            logger.warning("%s: frames change to %dx%d at frame %d; they are scaled to the stream's size %dx%d "
+                           "so its tracks go on", self.shown, *stored, self.frames_decoded - 1, *want)
+        image = decoded.to_ndarray(format="rgb24", width=want[0], height=want[1])
+        return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
     def _pts_seconds(self, decoded: av.VideoFrame) -> float:
         time_base = self._stream.time_base
