@@ -110,14 +110,15 @@ class Location:
         except OSError as e:
             raise StorageError(f"{self.uri}: cannot be opened ({e}); check the path and the credentials") from e
 
-    def write_bytes(self, data: bytes) -> None:
-        """Write the whole file atomically (see the module docstring)."""
+    def write_bytes(self, data: bytes, *, sync: bool = True) -> None:
+        """Write the whole file atomically (see the module docstring); ``sync=False`` skips the local fsyncs
+        (a crash may then lose the file, never show part of it)."""
         # Not bytes-like: fail before anything is opened (closing an object-store stream, even after an
         # error, would store whatever it had, replacing a good object with an empty one).
         view = memoryview(data)
         try:
             if self.is_local:
-                _write_local_atomically(Path(self.path), view)
+                _write_local_atomically(Path(self.path), view, sync)
             else:
                 with self.fs.open_output_stream(self.path) as f:
                     f.write(view)
@@ -134,11 +135,11 @@ class Location:
         return "check the credentials and endpoint in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, " \
                "AWS_ENDPOINT_URL) and the bucket's permissions"
 
-    def write_parquet(self, table: pa.Table, compression: str = "zstd") -> None:
+    def write_parquet(self, table: pa.Table, compression: str = "zstd", *, sync: bool = True) -> None:
         """``table`` as one Parquet file, written atomically."""
         sink = io.BytesIO()
         pq.write_table(table, sink, compression=compression)
-        self.write_bytes(sink.getvalue())
+        self.write_bytes(sink.getbuffer(), sync=sync)
 
     def delete(self) -> None:
         """Delete the file; one that is already gone is no error."""
@@ -185,18 +186,21 @@ def resolve(uri: str | os.PathLike) -> Location:
     return Location(fs, path.rstrip("/"), text.split("?", 1)[0].rstrip("/"))
 
 
-def _write_local_atomically(path: Path, data: bytes | memoryview) -> None:
+def _write_local_atomically(path: Path, data: bytes | memoryview, sync: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if not sync:
+        return
     fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself survive a crash
     try:
         os.fsync(fd)

@@ -13,12 +13,16 @@ which also pins ``stream_id`` to a string. Both pyarrow's ``"hive"`` inference a
 ids that all look numeric (``7``, ``12``) into integers; in DuckDB add
 ``hive_types={'stream_id': VARCHAR}``. Both decode the URI-encoded directory names.
 
+``path`` may also be an object-store URI (``s3://bucket/prefix``, ``gs://...``): every file
+operation goes through :mod:`operators.storage`, with credentials and endpoint from the usual
+environment variables.
+
 Rows are buffered per stream and kind; a buffer becomes one file when it holds ``flush_rows``
 rows or its oldest row is ``flush_seconds`` old (checked on every write and by
 :meth:`ParquetSink.maybe_flush`). Each file is written under a temporary name starting with
 ``.`` in its final directory, synced, then renamed into place, so a reader never sees a partial
 file (pyarrow skips names starting with ``.``/``_``; the ``.tmp`` suffix keeps them out of a
-``*.parquet`` glob). Duplicates after a re-run are resolved by readers via ``event_id``.
+``*.parquet`` glob); on an object store each file is one all-or-nothing upload. Duplicates after a re-run are resolved by readers via ``event_id``.
 
 Errors: a file that cannot be written raises :class:`~operators.sinks.SinkError` from the call
 that triggered the write (``write_*``, ``maybe_flush``, ``flush``, ``close``); its rows stay
@@ -27,7 +31,6 @@ buffered, so a later flush retries them.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
@@ -37,15 +40,14 @@ import urllib.parse
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from operators.records import EVENT_SCHEMA, SCHEMA_VERSION, TRACK_SCHEMA, Event, TrackObservation
 from operators.sinks import ClosingSink, SinkError
+from operators.storage import Location, StorageError, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +63,14 @@ def partition_dir(stream_id: str) -> str:
 
 
 def open_dataset(path: str | os.PathLike, kind: str = "tracks") -> ds.Dataset:
-    """The ``tracks`` or ``events`` dataset under ``path``, with the records.py schema (stream_id a string)."""
+    """The ``tracks`` or ``events`` dataset under ``path`` (a local path or an object-store URI), with the
+    records.py schema (stream_id a string)."""
     if kind not in SCHEMAS:
         raise ValueError(f"kind must be one of {sorted(SCHEMAS)}, got {kind!r}")
+    location = resolve(path).join(kind)
     partitioning = ds.partitioning(pa.schema([(PARTITION_COLUMN, pa.string())]), flavor="hive")
-    return ds.dataset(Path(path) / kind, format="parquet", schema=SCHEMAS[kind], partitioning=partitioning)
+    return ds.dataset(location.path, filesystem=location.fs, format="parquet", schema=SCHEMAS[kind],
+                      partitioning=partitioning)
 
 
 @dataclass
@@ -89,12 +94,16 @@ class ParquetSink(ClosingSink):
             raise ValueError(f"flush_rows must be >= 1, got {flush_rows}")
         if flush_seconds <= 0:
             raise ValueError(f"flush_seconds must be > 0, got {flush_seconds}")
-        self.path = Path(path)
+        try:
+            self.location: Location = resolve(path)
+        except StorageError as exc:
+            raise SinkError(f"Parquet sink: {exc}. Check sinks.parquet.path.") from exc
+        self.path = self.location.uri  # as the job file named it, for messages
         self.job = job
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.compression = compression
-        self.durable = durable  # fsync each file and its directory before counting it written
+        self.durable = durable  # on a local disk, fsync each file and its directory before counting it written
         if run is not None and not re.fullmatch(r"[A-Za-z0-9_]+", run):
             raise ValueError(f"run must be letters, digits and '_', got {run!r}")
         self.run = run
@@ -105,7 +114,7 @@ class ParquetSink(ClosingSink):
         self._lock = threading.RLock()
         self._closed = False
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.location.make_dirs()
         except OSError as exc:
             raise SinkError(f"Parquet sink cannot create {self.path}: {exc}. Check sinks.parquet.path and its "
                             "permissions.") from exc
@@ -178,17 +187,19 @@ class ParquetSink(ClosingSink):
         kind, stream_id = key
         seq = self._seq.get(key, 0)
         name = f"{self._file_prefix(stream_id)}{seq:06d}-{uuid.uuid4().hex}.parquet"
-        directory = self.path / kind / partition_dir(stream_id)
+        directory = self.location.join(kind, partition_dir(stream_id))
         try:
             table = pa.Table.from_pylist(rows, schema=_BODY_SCHEMAS[kind])
             table = table.replace_schema_metadata({
                 "sam3.job": self.job, "sam3.stream_id": stream_id, "sam3.schema_version": str(SCHEMA_VERSION),
             })
-            self._write_atomically(table, directory, name)
+            directory.join(name).write_parquet(table, self.compression, sync=self.durable)
         except (OSError, pa.ArrowException) as exc:
+            # a StorageError already names the file and says what to check
+            detail = str(exc) if isinstance(exc, StorageError) else f"{type(exc).__name__}: {exc}"
             raise SinkError(f"Parquet sink could not write {len(rows)} {kind} rows of stream {stream_id!r} "
-                            f"to {directory}: {type(exc).__name__}: {exc}. Check free space and permissions.",
-                            failed=len(rows), reasons={f"{type(exc).__name__}: {exc}": len(rows)}) from exc
+                            f"to {directory.uri}: {detail}", failed=len(rows),
+                            reasons={f"{type(exc).__name__}: {exc}": len(rows)}) from exc
         self._seq[key] = seq + 1
         # Rows left over keep the old `oldest`: that can only make their time flush come early.
         del buffer.rows[:len(rows)]
@@ -196,7 +207,7 @@ class ParquetSink(ClosingSink):
             del self._buffers[key]
         self.rows_written += table.num_rows
         self.files_written += 1
-        logger.debug("Parquet sink wrote %d %s rows to %s/%s", table.num_rows, kind, directory, name)
+        logger.debug("Parquet sink wrote %d %s rows to %s/%s", table.num_rows, kind, directory.uri, name)
 
     def _file_prefix(self, stream_id: str) -> str:
         run = f"{self.run}-" if self.run else ""
@@ -220,36 +231,18 @@ class ParquetSink(ClosingSink):
                 keep = int(sequence.get(kind, 0))
                 self._buffers.pop((kind, stream_id), None)
                 self._seq[(kind, stream_id)] = keep
-                directory = self.path / kind / partition_dir(stream_id)
-                for file in directory.glob(f"{glob.escape(prefix)}*.parquet"):
-                    seq = file.name[len(prefix):].split("-", 1)[0]
+                directory = self.location.join(kind, partition_dir(stream_id))
+                for info in directory.list(".parquet", recursive=False):
+                    if not info.base_name.startswith(prefix):
+                        continue
+                    seq = info.base_name[len(prefix):].split("-", 1)[0]
                     if seq.isdigit() and int(seq) >= keep:
-                        file.unlink(missing_ok=True)
+                        directory.child(info).delete()
                         deleted += 1
         if deleted:
             logger.info("Parquet sink: took back %d files of stream %s written after its resume point", deleted,
                         stream_id)
         return deleted
-
-    def _write_atomically(self, table: pa.Table, directory: Path, name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f, compression=self.compression)
-                if self.durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, directory / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        if self.durable:  # make the rename itself survive a crash
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
     @property
     def buffered_rows(self) -> int:
