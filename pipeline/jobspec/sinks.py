@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from operators.storage import is_object_store
 from pipeline.jobspec.common import Spec, base_dir, exists, local_path
 from pipeline.validation_errors import FieldProblem
 
@@ -20,7 +21,7 @@ _KAFKA_RESERVED = {"bootstrap_servers": "it is sinks.kafka.bootstrap_servers",
 
 
 class ParquetSinkSpec(Spec):
-    path: Path  # dataset root (tracks/, events/ below it); relative to the job file
+    path: Path | str  # dataset root (tracks/, events/ below it); relative to the job file, or an s3://... URI (a str)
     flush_rows: int = Field(10_000, ge=1)  # write a file once a stream has buffered this many rows ...
     flush_seconds: float = Field(10.0, gt=0)  # ... or this long after its first buffered row
 
@@ -30,7 +31,9 @@ class ParquetSinkSpec(Spec):
         if isinstance(value, str):
             if not value.strip():
                 raise ValueError("empty path (name the output directory, e.g. out/)")
-            return local_path(value.strip(), base_dir(info))
+            if is_object_store(value.strip()):
+                return value.strip().rstrip("/")  # kept as written: a Path would fold s3:// into s3:/
+            return Path(local_path(value.strip(), base_dir(info)))
         return value
 
 
