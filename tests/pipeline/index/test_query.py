@@ -179,3 +179,16 @@ def test_a_dataset_and_videos_on_s3(s3_env, tmp_path, capsys):
         assert clip.streams.video[0].codec_context.name == "h264" and len(list(clip.decode(video=0))) > 10
     assert main(["query", f"{bucket}/no-index-here", "person"]) == 2
     assert f"{bucket}/no-index-here" in capsys.readouterr().err
+
+
+def test_a_clip_that_cannot_be_cut_is_skipped_and_exits_3(tmp_path, capsys, caplog):
+    videos = {name: str(write_video(tmp_path / f"{name}.mp4")) for name in ("a", "b", "c")}
+    Path(videos["b"]).write_bytes(b"truncated")  # the file changed after it was indexed
+    dataset = write_index_dataset(str(tmp_path / "dataset"), videos)
+    assert main(["query", dataset.uri, "person", "--min-seconds", "1.5", "--format", "json",
+                 "--export-clips", str(tmp_path / "clips")]) == 3
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert [bool(r["clip"]) for r in records] == [True, False]
+    assert Path(records[0]["clip"]).is_file() and "Traceback" not in captured.err
+    assert f"{videos['b']} track 1: clip not exported" in caplog.text
