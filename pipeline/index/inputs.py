@@ -225,6 +225,9 @@ class _Lister:
         except OSError as e:
             raise InputError(f"{where}: cannot be listed ({_one_line(e)}); {check}") from e
         if not files:
+            if _missing(fs, bucket):
+                raise InputError(f"{where}: there is no bucket {bucket!r} on this store; check the bucket name "
+                                 "and AWS_ENDPOINT_URL")
             raise InputError(f"{where}: matches no video object; {check}")
         return files
 
@@ -290,6 +293,13 @@ def _walk_local(root: str) -> Iterable[ArchiveFile]:
         for name in names:
             if _is_video(name) and (f := _local_file(os.path.join(directory, name))) is not None:
                 yield f
+
+
+def _missing(fs: pafs.FileSystem, bucket: str) -> bool:
+    try:
+        return fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError:
+        return False  # cannot tell: the caller's message names the bucket among what to check
 
 
 def _list_store(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:

@@ -91,6 +91,24 @@ def test_append_never_clobbers_an_earlier_file_of_the_same_run(root: Location) -
     assert len(Catalog.load(root)) == 3
 
 
+def test_two_catalogs_appending_for_one_run_take_turns_instead_of_overwriting(root: Location) -> None:
+    a, b, c = _file("a"), _file("b"), _file("c")
+    first, second = Catalog.load(root), Catalog.load(root)
+    first.append([_row(a)], run_id="r")  # 000000
+    second.append([_row(b)], run_id="r")  # sees 000000: 000001
+    first.append([_row(c)], run_id="r")  # would be 000001 by its own count: finds it taken
+    assert len(Catalog.load(root)) == 3
+
+
+def test_a_continued_run_numbers_its_files_after_the_last_one_it_left(root: Location) -> None:
+    Catalog.load(root).append([_row(_file("a"))], run_id="r")
+    (Path(root.path) / "files" / "part-r-000000.parquet").rename(Path(root.path) / "files" / "part-r-000004.parquet")
+    Catalog.load(root).append([_row(_file("b"))], run_id="r")
+    Catalog.load(root).append([_row(_file("c"))], run_id="r-2")  # another run whose id starts the same
+    names = sorted(p.name for p in (Path(root.path) / "files").iterdir())
+    assert names == ["part-r-000004.parquet", "part-r-000005.parquet", "part-r-2-000000.parquet"]
+
+
 def test_rows_that_do_not_fit_the_schema_are_refused(root: Location) -> None:
     with pytest.raises(ValueError, match="FILES_SCHEMA"):
         Catalog.load(root).append([{**_row(_file("a")), "size_bytes": "big"}], run_id="r")

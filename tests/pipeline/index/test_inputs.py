@@ -191,7 +191,14 @@ def test_s3_sources_that_match_nothing(bucket: str, suffix: str, message: str) -
         list_archive([bucket + suffix])
 
 
-def test_a_bucket_that_cannot_be_read_is_an_input_error(s3_env) -> None:
-    with pytest.raises(InputError, match=r"^s3://no-such-bucket-here/v/: .*check the bucket name") as error:
+def test_a_missing_bucket_is_named(s3_env) -> None:
+    with pytest.raises(InputError, match=r"^s3://no-such-bucket-here/v/: there is no bucket 'no-such-bucket-here'"):
         list_archive(["s3://no-such-bucket-here/v/"])
+
+
+def test_a_store_that_cannot_be_reached_is_an_input_error(s3_env, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens on port 1
+    with pytest.raises(InputError, match=r"^s3://videos/cams/: cannot be listed \(.*\); check the bucket name, "
+                                         r"the prefix and the credentials and endpoint") as error:
+        list_archive(["s3://videos/cams/"])
     assert "\n" not in str(error.value)
