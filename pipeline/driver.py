@@ -60,6 +60,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
     from operators.broker import resolve_bootstrap
     from pipeline.engine_actor import EngineActor, EngineSettings
     from pipeline.jobspec import load_job
+    from pipeline.placement import warn_if_outputs_scatter
     from pipeline.resume_store import ResumeStore, resume_dir
     from pipeline.stream_actor import StreamActor
 
@@ -97,6 +98,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = job.model.device != "cpu" and gpus >= 1
         _check_resources(job, job_path, use_gpu)
+        warn_if_outputs_scatter(job)  # a local Parquet path on several nodes: one warning
         engines, engine_names = {}, {}
         for i in range(job.engine.replicas):
             name = f"engine-{i}"
