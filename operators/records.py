@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 
 EVENT_TYPES = (
     "track_start", "track_end", "stream_start", "stream_end", "stream_error", "stream_reconnect", "stream_resume",
-    "watchlist_changed", "watchlist_rejected",
+    "watchlist_changed", "watchlist_rejected", "sink_degraded", "sink_recovered",
 )
 KEYED_BY_CHANGE = ("watchlist_changed", "watchlist_rejected")  # their id also covers details["change"]
 

@@ -1,4 +1,5 @@
-"""Stream-level events (no track): start, end, error, resume, reconnect, and live watchlist changes.
+"""Stream-level events (no track): start, end, error, resume, reconnect, live watchlist changes, and a
+sink that turned degraded (dropping or failing records) or recovered.
 
 Their ids are deterministic from (stream, frame_index, type), and for watchlist changes from the
 change too, so a re-run or a retried delivery produces the same ids.
@@ -52,6 +53,18 @@ class StreamEvents:
     ) -> Event:
         return stream_event("stream_reconnect", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=error,
                             attempt=attempt, downtime_s=downtime_s)
+
+    def sink_degraded(self, frame_index: int, ts: datetime, *, sink: str, reason: str, pts_s: float | None = None,
+                      **details: Any) -> Event:
+        """``sink`` began dropping or failing records (``reason``); the other sinks keep every record."""
+        return stream_event("sink_degraded", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, error=reason,
+                            sink=sink, **details)
+
+    def sink_recovered(self, frame_index: int, ts: datetime, *, sink: str, pts_s: float | None = None,
+                       **details: Any) -> Event:
+        """``sink`` delivers again after it was degraded."""
+        return stream_event("sink_recovered", self.job, self.stream_id, frame_index, ts, pts_s=pts_s, sink=sink,
+                            **details)
 
     def watchlist_changed(
         self, frame_index: int, ts: datetime, change: dict[str, Any], *, source: str, command: str,

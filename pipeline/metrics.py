@@ -112,11 +112,16 @@ class JobMetrics:
         records = CounterMetricFamily("sam3_sink_records", "Records written for good (Parquet rows in files, "
                                       "Kafka records acknowledged)", labels=labels)
         errors = CounterMetricFamily("sam3_sink_errors", "Sink writes, flushes or closes that failed", labels=labels)
+        dropped = CounterMetricFamily("sam3_sink_dropped", "Records the sink gave up on: refused by the full Kafka "
+                                      "spool, or failed for good (Parquet keeps them)", labels=labels)
+        degraded = GaugeMetricFamily("sam3_sink_degraded", "1 while the sink drops or fails records", labels=labels)
         for sid, s in streams.items():
             for sink, counts in s.sinks.items():
                 records.add_metric([self.job, sid, sink], counts.records)
                 errors.add_metric([self.job, sid, sink], counts.errors)
-        yield from (records, errors)
+                dropped.add_metric([self.job, sid, sink], counts.dropped)
+                degraded.add_metric([self.job, sid, sink], 1.0 if counts.degraded else 0.0)
+        yield from (records, errors, dropped, degraded)
 
     def _engine_families(self, engines: dict[str, EngineStats], restarts: Counter[str]):
         labels = ["job", "engine"]

@@ -4,10 +4,34 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
+from functools import partial
 
 from pipeline.stream_stats import SinkCounts
 
 logger = logging.getLogger(__name__)
+
+KAFKA_FLUSH_S = 2.0  # a resume point waits this long for Kafka; what is still unacknowledged stays in its spool
+KAFKA_CLOSE_S = 10.0  # at the stream's end: a broker that is down does not hold the job's stop for longer
+
+
+def check_parquet_path(job, job_path: str) -> None:
+    """Refuse, before anything starts, a job whose local Parquet path cannot be written: every stream
+    would fail on its first flush. Object-store URIs are left to the sink, which reports them by path."""
+    import tempfile
+    from pathlib import Path
+
+    spec = job.sinks.parquet
+    if spec is None or "://" in str(spec.path):
+        return
+    path = Path(spec.path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"{job_path}: sinks.parquet.path: cannot write to {path} ({e.strerror or e}); choose a "
+                         "writable path or fix its permissions") from None
 
 
 class StreamOutputs:
@@ -45,7 +69,9 @@ class StreamOutputs:
             self._errors[name] += 1
             raise
 
-    def write(self, observations, events) -> None:
+    def write(self, observations, events) -> list:
+        """Write to every sink; returns the sinks' health changes since the last call (``SinkHealth``,
+        e.g. Kafka turned degraded), which the stream publishes as events."""
         for name, sink in self._sinks():
             if observations:
                 self._counted(name, sink.write_tracks, observations)
@@ -53,11 +79,17 @@ class StreamOutputs:
                 self._counted(name, sink.write_events, events)
         if self._parquet is not None:
             self._counted("parquet", self._parquet.maybe_flush)
+        return self._kafka.take_health_changes() if self._kafka is not None else []
 
     def counts(self) -> dict[str, SinkCounts]:
         """Per sink: records written for good (Parquet rows in files, Kafka records acknowledged) and failures."""
         written = {"parquet": lambda s: s.rows_written, "kafka": lambda s: s.sent}
-        return {name: SinkCounts(written[name](sink), self._errors[name]) for name, sink in self._sinks()}
+        out = {name: SinkCounts(written[name](sink), self._errors[name]) for name, sink in self._sinks()}
+        if self._kafka is not None:
+            kafka = self._kafka
+            out["kafka"] = replace(out["kafka"], dropped=kafka.dropped + kafka.errors, degraded=kafka.degraded,
+                                   spool_peak_bytes=kafka.spool_peak_bytes)
+        return out
 
     def sequence(self) -> dict[str, int]:
         """The Parquet rollback point of this stream (empty without a Parquet sink)."""
@@ -69,16 +101,20 @@ class StreamOutputs:
             self._parquet.rollback(self.stream_id, sequence)
 
     def flush(self) -> None:
-        """Make everything written so far durable (Parquet files on disk, Kafka records acknowledged)."""
+        """Make everything written so far durable: Parquet files on disk; Kafka records acknowledged, as far as
+        the broker answers within ``KAFKA_FLUSH_S`` (the rest waits in its capped spool)."""
         for name, sink in self._sinks():
-            self._counted(name, sink.flush)
+            if name == "kafka":
+                self._counted(name, partial(sink.flush, spooled_ok=True), 0.0 if sink.degraded else KAFKA_FLUSH_S)
+            else:
+                self._counted(name, sink.flush)
 
     def close(self) -> None:
         """Flush and close every sink; the first failure is raised after all were closed."""
         errors = []
         for name, sink in self._sinks():
             try:
-                self._counted(name, sink.close)
+                self._counted(name, sink.close, *((KAFKA_CLOSE_S,) if name == "kafka" else ()))
             except Exception as e:
                 errors.append(e)
         if errors:

@@ -9,6 +9,11 @@ tracks the fresh session re-acquires to their durable ids.
 When the stream actor itself dies, its last ``ResumePoint`` (taken every
 ``sinks.parquet.flush_seconds`` right after a sink flush, and held by the driver) lets the
 restarted actor carry on from there: ``run(resume=point)``.
+
+A Parquet sink that cannot write (a full disk, a read-only or missing path) ends the stream at
+once with one line naming the path: going on would only pile up rows in memory that cannot be
+stored. Its last resume point was taken after the last successful flush, so ``--resume`` goes on
+from there once the storage is back, and the files written after that point are taken back.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from pipeline.live_watchlist import LiveWatchlist, Rejection
 from pipeline.stream_stats import ArrivalTimes, FrameLatency, StreamCounters, StreamStats
 
 logger = logging.getLogger(__name__)
+
+
+class StorageFailed(Exception):
+    """The stream's Parquet sink cannot write; the message is the one line the stream fails with."""
 
 RESUME_POINT_EVERY_S = 5.0  # between resume points (each flushes the sinks) when there is no Parquet flush cadence
 
@@ -66,6 +75,7 @@ class StreamActor:
         self._resume_due = 0.0  # time.monotonic() of the next resume point
         self._resume_point: ResumePoint | None = None
         self._stop = threading.Event()
+        self._storage_error: str | None = None  # set when the Parquet sink failed: the stream ends
         self.live_watchlist = LiveWatchlist(stream.id)  # commands wait here for the next frame boundary
 
     def submit_command(self, command: ControlCommand | Rejection) -> None:
@@ -105,7 +115,13 @@ class StreamActor:
                                    self.rules)
         if resume is not None and resume.run_id:
             self.run_id = resume.run_id  # go on numbering (and taking back) that run's Parquet files
-        self.outputs = StreamOutputs(self.job, self.stream.id, self.kafka_servers, run=self.run_id)
+        try:
+            self.outputs = StreamOutputs(self.job, self.stream.id, self.kafka_servers, run=self.run_id)
+        except Exception as e:  # e.g. a Parquet path that cannot be created: this stream fails, in one line
+            self.state, self.error = StreamState.FAILED, self._storage_message(e)
+            logger.error("stream %s: %s", self.stream.id, self.error)
+            self.link.close()
+            return self.get_stats()
         if resume is not None or restart:
             # what was written after the resume point (or, without one, in this run) is written again
             self.outputs.rollback(resume.sink_sequence if resume is not None else {})
@@ -127,8 +143,13 @@ class StreamActor:
                 if self.link.full:
                     self._handle(self.link.collect())
                     self._maybe_take_resume_point()
+                self._check_storage()
             while self.link.in_flight:
                 self._handle(self.link.collect())
+                self._check_storage()
+        except StorageFailed as e:
+            failure = str(e)
+            self.link.discard()  # their outputs could not be stored either: --resume decodes them again
         except VideoSourceError as e:
             failure = redact_text(str(e), self.stream.source)  # FFmpeg's messages quote the URL
         except Exception as e:  # anything else ends this stream only, with a stream_error
@@ -205,17 +226,20 @@ class StreamActor:
         try:
             self.outputs.close()
             self._take_resume_point()
-        except Exception as e:
+        except Exception as e:  # the resume point stays the last one taken after a successful flush
             self.counters.sink_errors += 1
-            self.state, self.error = StreamState.FAILED, f"sink: {e}"
+            if failure is None:
+                self.state, self.error = StreamState.FAILED, self._storage_message(e)
         self.link.close()
 
     def _publish(self, observations, events) -> None:
         try:
-            self.outputs.write(observations, events)
+            for change in self.outputs.write(observations, events) or ():  # a sink turned degraded or recovered
+                self._publish([], [change.event(self.tracks, *self.position, _now())])
         except Exception as e:  # a sink failure is counted and reported, never silently ignored
             self.counters.sink_errors += 1
             logger.error("stream %s: sink error: %s", self.stream.id, e)
+            self._note_storage_failure(e)
         self.counters.records += len(observations)
         self.counters.events += len(events)
         self.counters.tracks += sum(e.type == "track_start" for e in events)
@@ -248,8 +272,28 @@ class StreamActor:
         except Exception as e:
             self.counters.sink_errors += 1
             logger.error("stream %s: sink flush failed, resume point skipped: %s", self.stream.id, e)
+            self._note_storage_failure(e)
             return
         self._take_resume_point()
+
+    def _note_storage_failure(self, error: Exception) -> None:
+        """Remember the first Parquet failure; Kafka's own failures are counted and retried, not fatal."""
+        counts = self.outputs.counts().get("parquet")
+        if self._storage_error is None and counts is not None and counts.errors:
+            self._storage_error = self._storage_message(error)
+
+    def _check_storage(self) -> None:
+        if self._storage_error is not None:
+            raise StorageFailed(self._storage_error)
+
+    def _storage_message(self, error: Exception) -> str:
+        """One line naming where the stream could not write, and what to do."""
+        text = " ".join(redact_text(str(error), self.stream.source).split())  # one line, whatever the cause said
+        parquet = self.job.sinks.parquet
+        if parquet is None or "Parquet" not in text:
+            return f"sink: {text}"
+        return (f"cannot write to sinks.parquet.path {parquet.path} ({text}); free space or fix its permissions, "
+                "then run the job again with --resume")
 
     def _take_resume_point(self) -> None:
         index, pts = self.position

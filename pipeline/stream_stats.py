@@ -92,6 +92,9 @@ class ArrivalTimes:
 class SinkCounts:
     records: int = 0  # written for good: Parquet rows in files, Kafka records acknowledged
     errors: int = 0  # sink calls (write, flush, close) that failed
+    dropped: int = 0  # records the sink gave up on: refused by Kafka's full spool, or failed for good
+    degraded: bool = False  # dropping or failing records now (Kafka: see operators/sinks/kafka_sink.py)
+    spool_peak_bytes: int = 0  # the most the Kafka spool held (at most its cap)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,23 @@ failed and why. A failure is reported once; after the error the sink keeps worki
 Timing when Kafka is unreachable (all settable through ``client``): creating the producer waits
 up to ``bootstrap_timeout_ms`` (30 s) and is retried on the next write; a ``send`` waiting for
 topic metadata or buffer space blocks up to ``max_block_ms`` (60 s), after which the rest of
-that write is counted as failed rather than waiting again for every record.
+that write is counted as failed rather than waiting again for every record. The sink lowers
+kafka-python's ``max_block_ms`` default to 5 s, so a stream is never held for a minute.
+
+The spool: kafka-python 3 does not bound its own buffer (it has no ``buffer_memory``), so a
+broker that is down or frozen would let unacknowledged records grow without limit. The sink
+caps them itself at ``buffer_memory`` bytes of key and value (default 16 MiB; set it in
+``client`` like the Java producer's ``buffer.memory``; the sink takes it out before kafka-python
+sees the options). Past the cap a record is **dropped and counted** (``dropped``), never waited for:
+the stream goes on at full speed, and the Parquet sink, which does not depend on Kafka, keeps
+every record. Drops are a documented policy, not an error: ``flush``/``close`` do not raise for
+them. The sink's own ``sink_degraded``/``sink_recovered`` events are never dropped (they are
+small), so Kafka gets them once the broker is back.
+
+Health: the sink turns *degraded* when a record is dropped or fails, and *recovered* when the
+broker acknowledges a record again with the spool back under half its cap.
+:meth:`KafkaSink.take_health_changes` hands out these transitions once each (the stream
+publishes them as events).
 """
 
 from __future__ import annotations
@@ -24,6 +40,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from operators.records import Event, TrackObservation
@@ -35,6 +53,27 @@ logger = logging.getLogger(__name__)
 _FIXED = ("bootstrap_servers", "key_serializer", "value_serializer")
 _MAX_REASONS = 10
 _REASON_CHARS = 300
+DEFAULT_SPOOL_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BLOCK_MS = 5000  # kafka-python's 60 s would hold the stream that long when metadata cannot come
+_SINK_EVENTS = ("sink_degraded", "sink_recovered")  # never dropped: Kafka gets them once it is back
+
+
+@dataclass(frozen=True)
+class SinkHealth:
+    """A sink turned degraded (records dropped or failing) or recovered (delivering again)."""
+
+    sink: str
+    degraded: bool
+    reason: str  # why it turned degraded; empty on recovery
+    dropped: int  # records the sink gave up on so far (refused by the full spool or failed for good)
+    spooled_bytes: int  # waiting for the broker at the moment of the change
+
+    def event(self, events: Any, frame_index: int, pts_s: float | None, ts: datetime):
+        """This change as a ``sink_degraded``/``sink_recovered`` event of ``events`` (a ``StreamEvents``)."""
+        details = {"sink": self.sink, "dropped": self.dropped, "spooled_bytes": self.spooled_bytes}
+        if self.degraded:
+            return events.sink_degraded(frame_index, ts, reason=self.reason, pts_s=pts_s, **details)
+        return events.sink_recovered(frame_index, ts, pts_s=pts_s, **details)
 
 
 def _retry_total(producer: Any) -> Any:
@@ -61,8 +100,11 @@ class KafkaSink(ClosingSink):
     """Kafka producer for ``topic`` (track observations) and ``events_topic`` (events).
 
     Counters (plain attributes, cumulative): ``sent`` records acknowledged by the broker,
-    ``errors`` records that failed for good, ``retries`` record re-sends done by the producer.
-    ``idempotent`` says whether the producer runs idempotent (None until it is created).
+    ``errors`` records that failed for good, ``retries`` record re-sends done by the producer,
+    ``dropped`` records refused because the spool was full. ``spooled_bytes`` is what waits for the
+    broker now, ``spool_peak_bytes`` the most it ever held (at most ``spool_bytes``); ``degraded``
+    the health (module docstring). ``idempotent`` says whether the producer runs idempotent (None
+    until it is created).
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, events_topic: str, client: dict[str, Any] | None = None,
@@ -70,6 +112,11 @@ class KafkaSink(ClosingSink):
         from kafka import KafkaProducer
 
         client = dict(client or {})
+        # the Java producer's name for its buffer cap; kafka-python 3 has none, so the sink enforces it
+        self.spool_bytes = client.pop("buffer_memory", None) or DEFAULT_SPOOL_BYTES
+        if not isinstance(self.spool_bytes, int) or self.spool_bytes <= 0:
+            raise ValueError(f"Kafka sink: client buffer_memory must be a positive number of bytes, got "
+                             f"{self.spool_bytes!r}")
         unknown = sorted(set(client) - set(KafkaProducer.DEFAULT_CONFIG))
         if unknown:
             raise ValueError(f"Kafka sink: unknown kafka-python producer option(s) {unknown} in client; see "
@@ -90,6 +137,7 @@ class KafkaSink(ClosingSink):
             "linger_ms": linger_ms,
             "batch_size": batch_size,
             "client_id": "sam3-stream-sink",
+            "max_block_ms": DEFAULT_MAX_BLOCK_MS,
         }
         self._config.update(client)
         self._producer: Any = None
@@ -102,6 +150,11 @@ class KafkaSink(ClosingSink):
         self._reasons: Counter[str] = Counter()
         self.sent = 0
         self.errors = 0
+        self.dropped = 0
+        self.spooled_bytes = 0
+        self.spool_peak_bytes = 0
+        self.degraded = False
+        self._health: list[SinkHealth] = []  # transitions not yet taken
         self.idempotent: bool | None = None
 
     @property
@@ -165,9 +218,11 @@ class KafkaSink(ClosingSink):
         from kafka.errors import KafkaError, KafkaTimeoutError
 
         producer = self._producer
+        exempt = kind is Event
         for i, (key, value) in enumerate(messages):
-            with self._cond:
-                self._pending += 1
+            size = len(key) + len(value)
+            if not self._spool(size, exempt and records[i].type in _SINK_EVENTS):
+                continue
             try:
                 future = producer.send(topic, key=key, value=value)
             except KafkaError as exc:
@@ -175,27 +230,61 @@ class KafkaSink(ClosingSink):
                     # Metadata or buffer space did not come within max_block_ms: the next record
                     # would wait just as long, so the rest of this write fails with the same cause.
                     self._fail(len(messages) - i, topic, exc)
-                    self._settle()
+                    self._settle(size)
                     return
                 self._fail(1, topic, exc)  # e.g. one record larger than max_request_size
-                self._settle()
+                self._settle(size)
                 continue
-            future.add_callback(self._on_delivered).add_errback(self._on_failed, topic)
+            future.add_callback(self._on_delivered, size).add_errback(self._on_failed, topic, size)
 
-    def _on_delivered(self, _metadata: Any) -> None:
+    def _spool(self, size: int, exempt: bool) -> bool:
+        """Count a record in as waiting for the broker; False (dropped and counted) when the spool is full."""
+        with self._cond:
+            if not exempt and self.spooled_bytes + size > self.spool_bytes:
+                self.dropped += 1
+                self._turn_degraded(f"spool full ({self.spool_bytes} bytes waiting for the broker): records are "
+                                    "dropped from Kafka until it takes them again; Parquet keeps every record")
+                return False
+            self._pending += 1
+            self.spooled_bytes += size
+            self.spool_peak_bytes = max(self.spool_peak_bytes, self.spooled_bytes)
+            return True
+
+    def _turn_degraded(self, reason: str) -> None:
+        """Called holding ``_cond``."""
+        if self.degraded:
+            return
+        self.degraded = True
+        self._health.append(SinkHealth("kafka", True, reason, self.dropped + self.errors, self.spooled_bytes))
+        logger.warning("Kafka sink for %s degraded: %s", self.bootstrap_servers, reason)
+
+    def take_health_changes(self) -> list[SinkHealth]:
+        """The degraded/recovered transitions since the last call, oldest first."""
+        with self._cond:
+            changes, self._health = self._health, []
+        return changes
+
+    def _on_delivered(self, size: int, _metadata: Any) -> None:
         with self._cond:
             self.sent += 1
             self._pending -= 1
+            self.spooled_bytes -= size
+            if self.degraded and self.spooled_bytes * 2 < self.spool_bytes:
+                self.degraded = False
+                self._health.append(SinkHealth("kafka", False, "", self.dropped + self.errors, self.spooled_bytes))
+                logger.info("Kafka sink for %s recovered: the broker takes records again (%d dropped so far)",
+                            self.bootstrap_servers, self.dropped + self.errors)
             if self._pending == 0:
                 self._cond.notify_all()
 
-    def _on_failed(self, topic: str, exc: BaseException) -> None:
+    def _on_failed(self, topic: str, size: int, exc: BaseException) -> None:
         self._fail(1, topic, exc)  # counted before settling, so a waiting flush sees it
-        self._settle()
+        self._settle(size)
 
-    def _settle(self) -> None:
+    def _settle(self, size: int) -> None:
         with self._cond:
             self._pending -= 1
+            self.spooled_bytes -= size
             if self._pending == 0:
                 self._cond.notify_all()
 
@@ -209,16 +298,19 @@ class KafkaSink(ClosingSink):
                 self._reasons[reason] += count
             else:
                 self._reasons["(other causes)"] += count
+            self._turn_degraded(f"delivery failed: {reason}")
         if first:  # log once per reporting period, not once per record
             logger.error("Kafka sink: delivery to %s failed (%s); reported at the next flush", self.bootstrap_servers,
                          reason)
 
-    def flush(self, timeout_s: float | None = None) -> None:
+    def flush(self, timeout_s: float | None = None, *, spooled_ok: bool = False) -> None:
         """Send everything queued and wait for each record's outcome.
 
         Raises SinkError if records failed since the last report, or if records are still
         unacknowledged after ``timeout_s`` (None: wait until each is delivered or times out
-        after the producer's ``delivery_timeout_ms``).
+        after the producer's ``delivery_timeout_ms``). With ``spooled_ok`` records still waiting
+        after ``timeout_s`` are no error: they stay in the spool (a broker that is down does not
+        hold the stream).
         """
         if self._producer is not None:
             from kafka.errors import KafkaTimeoutError
@@ -232,7 +324,7 @@ class KafkaSink(ClosingSink):
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 self._cond.wait_for(lambda: self._pending == 0, timeout=5.0 if remaining is None else remaining)
                 pending = self._pending
-            if pending:
+            if pending and not spooled_ok:
                 self._raise_failures(f"{pending} records not yet acknowledged after {timeout_s} s")
         self._raise_failures()
 
