@@ -75,8 +75,8 @@ class JobSpec(Spec):
             raise FieldProblem(("index",), "a job has streams: or an index: section, not both (split it into a "
                                "streaming job and an index job)")
         if not self.streams and self.index is None:
-            raise FieldProblem(("streams",), "a job needs at least one stream (add '- id: ..., source: ..., "
-                               "watchlist: ...') or an index: section")
+            raise FieldProblem(("streams",), "required key missing (a job needs streams: '- id: ..., source: ..., "
+                               "watchlist: ...', or an index: section)")
         if self.index is not None and self.index.watchlist not in self.watchlists:
             close = difflib.get_close_matches(self.index.watchlist, list(self.watchlists), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""

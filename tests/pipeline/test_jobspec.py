@@ -102,7 +102,7 @@ def assert_located(error: JobSpecError, job: Path, line: int, field: str, *fragm
 def test_shipped_examples_load(path: Path, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # paths resolve against the job file, not the working directory
     job = load_job(path, env={})
-    assert job.streams and job.job_file == path.resolve()
+    assert (job.streams or job.index is not None) and job.job_file == path.resolve()
     for stream in job.streams:
         assert job.rules_for(stream), stream.id
         assert isinstance(stream.live, bool) and stream.max_in_flight >= 1
@@ -119,8 +119,7 @@ def test_examples_cover_what_was_asked():
     assert demo.concepts() == ["red square", "green disc"]
     assert load_job(REPO / "configs/examples/demo.yaml", env={"SAM3_METRICS_PORT": "9500"}).metrics.port == 9500
     archive = load_job(REPO / "configs/examples/archive.yaml", env={"ARCHIVE_ROOT": "/mnt/v"})
-    assert [(s.source, s.source_kind) for s in archive.streams] == [
-        ("/mnt/v/depot/", "directory"), ("/mnt/v/yard/**/*.mp4", "glob")]
+    assert archive.index.sources == ["/mnt/v/depot/", "/mnt/v/yard/**/*.mp4"] and not archive.streams
     assert {r.concept for r in archive.watchlists["vehicles"]} >= {"car", "red truck"}
 
 
