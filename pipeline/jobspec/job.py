@@ -11,6 +11,7 @@ from pydantic import PrivateAttr, ValidationInfo, field_validator, model_validat
 from pipeline.jobspec.common import NAME, Spec
 from pipeline.jobspec.engine import EngineSpec
 from pipeline.jobspec.index import IndexSpec
+from pipeline.jobspec.limits import LimitsSpec, too_many_concepts, too_many_streams
 from pipeline.jobspec.model import ModelSpec
 from pipeline.jobspec.sinks import MetricsSpec, SinksSpec
 from pipeline.jobspec.streams import ConceptRule, StreamSpec
@@ -21,6 +22,7 @@ class JobSpec(Spec):
     name: str  # load_job defaults it to the job file's name
     model: ModelSpec = ModelSpec()
     engine: EngineSpec = EngineSpec()  # validated before streams, whose defaults come from it
+    limits: LimitsSpec = LimitsSpec()  # validated before watchlists and streams, which it bounds
     watchlists: dict[str, list[ConceptRule]] = {}
     streams: list[StreamSpec] = []  # a job has streams, an index section, or both
     index: IndexSpec | None = None
@@ -39,6 +41,20 @@ class JobSpec(Spec):
     @classmethod
     def _null_section(cls, value: Any, info: ValidationInfo) -> Any:
         return ({"port": None} if info.field_name == "metrics" else {}) if value is None else value
+
+    @field_validator("watchlists", "streams", mode="before")
+    @classmethod
+    def _within_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        """Counted before a single item is validated: a job of 10,000 streams is refused at once."""
+        limits = info.data.get("limits") or LimitsSpec()
+        if info.field_name == "streams" and isinstance(value, list):
+            if problem := too_many_streams(len(value), limits):
+                raise ValueError(problem)
+        elif isinstance(value, dict):
+            for name, rules in value.items():
+                if isinstance(rules, list) and (problem := too_many_concepts(len(rules), limits)):
+                    raise FieldProblem((name,), problem)
+        return value
 
     @field_validator("watchlists")
     @classmethod
