@@ -2,7 +2,8 @@
 :mod:`pipeline.commands`.
 
 Exit codes (:class:`~pipeline.exit_codes.ExitCode`): 0 success, 2 bad arguments, input or
-configuration (one clear line on stderr), 3 the work ran but part of it failed.
+configuration (one clear line on stderr), 3 the work ran but part of it failed, 130 interrupted
+twice (a second SIGINT/SIGTERM aborts without draining; one line, no traceback).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.command_line = sys.argv[1:] if argv is None else None  # `run` supervises its job only from a shell
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:  # UsageError, JobSpecError and bad input: one line, no traceback
         sys.stderr.write(f"sam3-stream: error: {e}\n")
         return ExitCode.USAGE
+    except KeyboardInterrupt:  # a second signal (or one before the job could stop gracefully): the job cleaned up
+        sys.stderr.write("sam3-stream: aborted without draining; what was not flushed is lost (run again with "
+                         "--resume to go on from the last resume points)\n")
+        return ExitCode.ABORTED
 
 
 if __name__ == "__main__":
