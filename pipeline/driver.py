@@ -60,6 +60,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
     from operators.broker import resolve_bootstrap
     from pipeline.engine_actor import EngineActor, EngineSettings
     from pipeline.jobspec import load_job
+    from pipeline.outputs import check_parquet_path
     from pipeline.placement import warn_if_outputs_scatter
     from pipeline.resume_store import ResumeStore, resume_dir
     from pipeline.stream_actor import StreamActor
@@ -68,6 +69,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
     if resume and job.sinks.parquet is None:
         raise ValueError(f"{job_path}: --resume needs sinks.parquet: the streams' resume points are kept beside "
                          "the Parquet dataset they count")
+    check_parquet_path(job, job_path)  # a path no stream could write to: one line, exit 2, nothing started
     store = ResumeStore(resume_dir(job))
     saved = {spec.id: store.load(spec.id) for spec in job.streams} if resume else {}
     stop = threading.Event()

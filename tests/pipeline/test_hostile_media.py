@@ -7,6 +7,7 @@ HLS case) with one stream per case; ``CASES`` says what each must do.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +141,7 @@ def test_hls_with_missing_segments_fails_with_the_segment(tmp_path):
     from operators.video_source import VideoSourceError
 
     playlist = hm.write_hls_missing_segments(tmp_path / "hls")
+    guard = time.monotonic() + 60  # only ends a source that would retry forever, so the test fails instead
     with http_files(playlist.parent) as host, pytest.raises(VideoSourceError) as caught:
-        list(stream_frames(f"http://{host}/{playlist.name}"))
+        list(stream_frames(f"http://{host}/{playlist.name}", should_stop=lambda: time.monotonic() > guard))
     assert caught.value.reason == "missing" and "segment0.ts answers HTTP 404" in str(caught.value)
