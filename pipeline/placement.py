@@ -22,8 +22,13 @@ def warn_if_outputs_scatter(job, nodes: Sequence[dict] | None = None) -> bool:
     """Log one warning when ``job`` writes its Parquet dataset to a node-local path on a cluster of more than
     one live node (``nodes`` as ``ray.nodes()`` lists them; the running cluster's by default); returns
     whether it warned."""
-    spec = job.sinks.parquet
-    if spec is None or is_object_store(str(spec.path)):
+    if getattr(job, "index", None) is not None:  # an index job: its workers write the dataset wherever Ray placed them
+        where, what = f"index.out {job.index.out}", "the index dataset"
+    elif job.sinks.parquet is not None:
+        where, what = f"sinks.parquet.path {job.sinks.parquet.path}", "the Parquet dataset and the resume points"
+    else:
+        return False
+    if is_object_store(where.split(" ", 1)[1]):
         return False
     if nodes is None:
         import ray
@@ -32,7 +37,7 @@ def warn_if_outputs_scatter(job, nodes: Sequence[dict] | None = None) -> bool:
     alive = sum(1 for node in nodes if node.get("Alive"))
     if alive <= 1:
         return False
-    logger.warning("sinks.parquet.path %s is a local path but the Ray cluster has %d nodes: the Parquet dataset "
-                   "and the resume points will be scattered over the nodes' disks (and --resume will miss some); "
-                   "use an s3://... URI, or a filesystem that every node mounts at that path", spec.path, alive)
+    logger.warning("%s is a local path but the Ray cluster has %d nodes: %s will be scattered over the nodes' "
+                   "disks (and a re-run or --resume will miss some); use an s3://... URI, or a filesystem that every "
+                   "node mounts at that path", where, alive, what)
     return True

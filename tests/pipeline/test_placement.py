@@ -42,3 +42,14 @@ def test_no_warning_for_one_live_node_an_object_store_or_no_parquet(nodes, caplo
         assert not warn_if_outputs_scatter(job_writing_to("s3://bucket/out"), [*nodes, second])
         assert not warn_if_outputs_scatter(job_writing_to(None), [*nodes, second])
     assert caplog.records == []
+
+
+def test_an_index_job_writing_to_a_local_path_on_several_nodes_is_warned_about(nodes, caplog):
+    second = {**nodes[0], "NodeID": "0" * 56}
+    local = types.SimpleNamespace(index=types.SimpleNamespace(out="/data/index"), sinks=None)
+    remote = types.SimpleNamespace(index=types.SimpleNamespace(out="s3://bucket/index"), sinks=None)
+    with caplog.at_level(logging.WARNING, logger="pipeline.placement"):
+        assert warn_if_outputs_scatter(local, [*nodes, second])
+        assert not warn_if_outputs_scatter(remote, [*nodes, second])
+    [record] = caplog.records
+    assert "index.out /data/index is a local path but the Ray cluster has 2 nodes" in record.getMessage()
