@@ -146,4 +146,4 @@ def _kafka_producer_settings() -> set[str]:
         from kafka import KafkaProducer
     except ImportError:  # without kafka-python, the sink reports unknown settings itself
         return set()
-    return set(KafkaProducer.DEFAULT_CONFIG)
+    return set(KafkaProducer.DEFAULT_CONFIG) | {"buffer_memory"}  # the sink's spool cap (operators/sinks/kafka_sink.py)
