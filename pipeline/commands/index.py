@@ -65,6 +65,12 @@ _OPTIONS = {"index.sources": "SOURCE", "index.out": "--out", "index.fps": "--fps
 
 
 def index_command(args: argparse.Namespace) -> int:
+    from pipeline.supervisor import supervised
+
+    return supervised(args, lambda: _index(args))
+
+
+def _index(args: argparse.Namespace) -> int:
     from pipeline.index.run import run_index
     from pipeline.jobspec import JobSpecError, parse_job
 
