@@ -298,7 +298,7 @@ def test_the_job_file_loads_as_mounted_on_the_head(overlay, tmp_path):
     assert env["SAM3_WATCHLIST_PATH"] == WATCHLIST_MOUNT
     env["SAM3_WATCHLIST_PATH"] = str(tmp_path / WATCHLIST_MOUNT.lstrip("/"))
     job = load_job(tmp_path / args.job.lstrip("/"), env)
-    assert job.streams and job.metrics.port == 9464
+    assert (job.streams or job.index is not None) and job.metrics.port == 9464
     sam3_ports = {p["containerPort"] for p in head.spec["containers"][0]["ports"] if p["name"] == "sam3-metrics"}
     assert sam3_ports == {job.metrics.port}
     if job.sinks.kafka is not None:
