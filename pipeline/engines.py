@@ -36,6 +36,8 @@ def start_engines(job, job_path: str, run_id: str, cleanup: ExitStack) -> Engine
         # enable_task_events=False: per-frame calls would otherwise pile up task records in Ray's GCS
         options = dict(name=names[name], num_gpus=1 if use_gpu else 0, num_cpus=job.engine.num_cpus,
                        enable_task_events=False)
+        if job.engine.replicas > 1:  # one per node where it can: a lost node then takes only its own engines
+            options["scheduling_strategy"] = "SPREAD"
         handles[name] = EngineActor.options(**options).remote(EngineSettings.from_job(job), name=name)
     cleanup.callback(lambda: [ray.kill(a) for a in handles.values()])
     infos = ray.get([e.ready.remote() for e in handles.values()])

@@ -9,7 +9,11 @@ anything starts, so a run with nothing to do ends in seconds. Then it starts the
 holds back the rest. Completed files' catalog rows are appended every few seconds and at the end.
 
 A worker that dies (its node lost, say) gives its files back to the queue; a file whose worker
-died ``MAX_ATTEMPTS`` times is recorded as failed. SIGINT/SIGTERM or ``max_seconds`` stop
+died ``MAX_ATTEMPTS`` times is recorded as failed. Every engine is pinged; one that has not answered
+for ``ENGINE_DOWN_S`` (its node lost and no room for it elsewhere) is taken as lost: its worker is
+restarted, so the files it held go back to the queue for the live engines, and it takes no new
+files until its engine answers again. Should no engine answer for ``ENGINE_WAIT_S``, the run stops
+(exit code 3) and the files left stay for the next run. SIGINT/SIGTERM or ``max_seconds`` stop
 handing out files and abandon the passes in flight (they wrote nothing; the same command later
 does them). Exit code 0 when every file is done, 3 when some failed.
 """
@@ -25,15 +29,18 @@ from collections import Counter, deque
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 
 from operators.index_tables import DONE
 from operators.storage import resolve
+from pipeline.engine_link import ENGINE_WAIT_S
 from pipeline.exit_codes import ExitCode
 from pipeline.index.catalog import Catalog, catalog_row, plan_work
 from pipeline.index.inputs import list_archive
 from pipeline.index.progress import IndexProgress
+from pipeline.placement import warn_if_outputs_scatter
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,10 @@ POLL_S = 0.5
 CATALOG_FLUSH_S = 5.0  # completed files' rows wait at most this long before they are appended
 MAX_ATTEMPTS = 3  # a file whose worker died this many times while on it is recorded as failed
 REFUSED_RETRY_S = 0.25
+# An engine restarting on a live node answers again well within this (its passes then carry on
+# where they were, see EngineLink); one silent for longer has no node to restart on.
+ENGINE_DOWN_S = 30.0
+PING_S = 1.0
 
 
 @dataclass
@@ -52,6 +63,7 @@ class IndexResult:
     failed_before: int = 0  # failed in an earlier run and not retried
     frames: int = 0
     stopped: bool = False
+    engines_lost: bool = False  # no engine answered for ENGINE_WAIT_S: the run gave up on the files left
     failures: dict[str, str] = field(default_factory=dict)  # uri -> error
 
 
@@ -78,6 +90,7 @@ def run_index(job, *, job_path: str = "<index>", show_progress: bool = True, max
                      log_to_driver=True)
             cleanup.callback(ray.shutdown)
         _install_signal_handlers(stop, cleanup)
+        warn_if_outputs_scatter(job)
         run = _IndexRun(job, job_path, plan.items, catalog, result, stop, max_seconds, cleanup)
         if on_started is not None:
             on_started(run.workers)
@@ -90,7 +103,7 @@ def run_index(job, *, job_path: str = "<index>", show_progress: bool = True, max
                 root.uri, "; stopped early: run the same command again to go on" if result.stopped else "")
     for uri, error in result.failures.items():
         logger.error("%s: %s", uri, error)
-    if result.failed or result.failed_before:
+    if result.failed or result.failed_before or result.engines_lost:
         result.exit_code = ExitCode.PARTIAL
     return result
 
@@ -111,6 +124,7 @@ class _IndexRun:
         self.rows: list[dict] = []
         self.last_flush = time.monotonic()
         engines = start_engines(job, job_path, self.run_id, cleanup)
+        self.watch = _EngineWatch(engines.handles)
         per_engine = job.index.files_in_flight or 2 * job.engine.max_batch
         self.capacity = per_engine
         self.workers = {}
@@ -126,16 +140,25 @@ class _IndexRun:
     def loop(self, progress: IndexProgress) -> None:
         stopping = False
         while self.queue or self.in_flight:
+            self._watch_engines()
             if not stopping:
                 self._hand_out()
-            ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=POLL_S)
+            if self.in_flight:
+                ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=POLL_S)
+            else:  # every engine is down: wait for one to come back
+                ready = []
+                time.sleep(POLL_S)
             for ref in ready:
                 self._collect(ref)
             self.flush_rows()
             self._poll_frames()
             progress.update(self.result.done + self.result.failed, self.result.failed, self.result.frames)
             timed_out = self.deadline is not None and time.monotonic() > self.deadline
-            if (self.stop.is_set() or timed_out) and not stopping:
+            if self.watch.all_down_for() > ENGINE_WAIT_S and not self.result.engines_lost:
+                logger.error("no engine has answered for %.0f s: giving up; %d files stay for the next run",
+                             ENGINE_WAIT_S, len(self.queue) + len(self.in_flight))
+                self.result.engines_lost = True
+            if (self.stop.is_set() or timed_out or self.result.engines_lost) and not stopping:
                 stopping = True
                 self.result.stopped = True
                 logger.info("stopping: %d files not started stay for the next run; passes in flight are abandoned",
@@ -144,9 +167,19 @@ class _IndexRun:
                 for worker in self.workers.values():
                     worker.stop.remote()
 
+    def _watch_engines(self) -> None:
+        for name in self.watch.check():
+            logger.warning("engine %s has not answered for %.0f s (its node lost?): its files go back to the queue "
+                           "and it takes no more until it answers again", name, ENGINE_DOWN_S)
+            # Killing the worker ends its passes for sure (none can still write after its files were handed
+            # to another engine); Ray restarts it, and its calls in flight fail: they are requeued in _collect.
+            ray.kill(self.workers[name], no_restart=False)
+
     def _hand_out(self) -> None:
         load = Counter(name for name, _ in self.in_flight.values())
         for name, worker in self.workers.items():
+            if name in self.watch.down:
+                continue
             while self.queue and load[name] < self.capacity:
                 item = self.queue.popleft()
                 self.in_flight[worker.index.remote(item)] = (name, item)
@@ -195,6 +228,48 @@ class _IndexRun:
             except Exception:
                 continue  # a busy or restarting worker: its last count stands
         self.result.frames = sum(self.frames_seen.values())
+
+
+class _EngineWatch:
+    """Pings each engine about once a second; one silent for ENGINE_DOWN_S is down until it answers."""
+
+    def __init__(self, handles: dict[str, Any]):
+        self.handles = handles
+        now = time.monotonic()
+        self.answered = dict.fromkeys(handles, now)  # when each engine last answered
+        self.pings: dict[str, tuple[ray.ObjectRef, float]] = {}  # name -> (ping in flight, sent at)
+        self.down: set[str] = set()
+
+    def check(self) -> list[str]:
+        """Collect answers, send new pings; the engines found down just now."""
+        now, newly_down = time.monotonic(), []
+        for name, handle in self.handles.items():
+            ping = self.pings.get(name)
+            if ping is not None and ray.wait([ping[0]], timeout=0)[0]:
+                del self.pings[name]
+                try:
+                    ray.get(ping[0])
+                    self.answered[name] = now
+                    if name in self.down:
+                        self.down.discard(name)
+                        logger.info("engine %s answers again: it takes files again", name)
+                except ray.exceptions.RayActorError:
+                    pass  # dead or restarting: ask again after PING_S
+            ping = self.pings.get(name)
+            if ping is None or (now - ping[1] > ENGINE_DOWN_S):
+                if ping is None and now - self.answered[name] < PING_S:
+                    continue
+                self.pings[name] = (handle.ready.remote(), now)
+            if name not in self.down and now - self.answered[name] > ENGINE_DOWN_S:
+                self.down.add(name)
+                newly_down.append(name)
+        return newly_down
+
+    def all_down_for(self) -> float:
+        """Seconds since the last answer of any engine, when every engine is down; else 0."""
+        if len(self.down) < len(self.handles):
+            return 0.0
+        return time.monotonic() - max(self.answered.values())
 
 
 def _install_signal_handlers(stop: threading.Event, cleanup: ExitStack) -> None:
