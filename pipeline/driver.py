@@ -58,7 +58,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
     its Parquet dataset; streams that had finished are not run again.
     """
     from operators.broker import resolve_bootstrap
-    from pipeline.engine_actor import EngineActor, EngineSettings
+    from pipeline.engines import start_engines
     from pipeline.jobspec import load_job
     from pipeline.outputs import check_parquet_path
     from pipeline.placement import warn_if_outputs_scatter
@@ -96,25 +96,9 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
             cleanup.callback(metrics.close)
 
         run_id = uuid.uuid4().hex[:6]  # actor names stay unique when a job runs again in the same cluster
-        # enable_task_events=False below: per-frame calls would otherwise pile up task records in Ray's GCS
-        gpus = ray.cluster_resources().get("GPU", 0)
-        use_gpu = job.model.device != "cpu" and gpus >= 1
-        _check_resources(job, job_path, use_gpu)
         warn_if_outputs_scatter(job)  # a local Parquet path on several nodes: one warning
-        engines, engine_names = {}, {}
-        for i in range(job.engine.replicas):
-            name = f"engine-{i}"
-            engine_names[name] = f"{job.name}-{run_id}-{name}"
-            options = dict(name=engine_names[name], num_gpus=1 if use_gpu else 0, num_cpus=job.engine.num_cpus,
-                           enable_task_events=False)
-            engines[name] = EngineActor.options(**options).remote(EngineSettings.from_job(job), name=name)
-        cleanup.callback(lambda: [ray.kill(a) for a in engines.values()])
-        infos = ray.get([e.ready.remote() for e in engines.values()])
-        if any(i["random_weights"] for i in infos):
-            from sam3_runtime.model import REAL_CHECKPOINT_HINT
-
-            logger.warning("running the tiny RANDOM model %s: its tracks mean nothing; %s (model.checkpoint in %s)",
-                           job.model.checkpoint, REAL_CHECKPOINT_HINT, job_path)
+        started_engines = start_engines(job, job_path, run_id, cleanup)
+        engines, engine_names = started_engines.handles, started_engines.names
 
         load = dict.fromkeys(engines, 0)
         streams: dict = {}
@@ -184,20 +168,6 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         for sid in failed:
             logger.error("stream %s failed: %s", sid, finals[sid].error)
         return JobResult(ExitCode.PARTIAL if failed else ExitCode.OK, finals)
-
-
-def _check_resources(job, job_path: str, use_gpu: bool) -> None:
-    """Engines that ask for more than the cluster has would wait for it forever."""
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
-    replicas = job.engine.replicas
-    if replicas * job.engine.num_cpus > cpus:
-        raise ValueError(f"{job_path}: engine: {replicas} replica(s) x num_cpus {job.engine.num_cpus} need "
-                         f"{replicas * job.engine.num_cpus} CPUs but the Ray cluster has {cpus:g}; lower "
-                         "engine.num_cpus or engine.replicas, or add nodes")
-    if use_gpu and replicas > gpus:
-        raise ValueError(f"{job_path}: engine.replicas: {replicas} engines need one GPU each but the Ray cluster has "
-                         f"{gpus:g}; set engine.replicas to at most {gpus:g}, or model.device: cpu")
 
 
 class _Ending(enum.Enum):
