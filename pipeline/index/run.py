@@ -176,14 +176,16 @@ class _IndexRun:
             ray.kill(self.workers[name], no_restart=False)
 
     def _hand_out(self) -> None:
+        """Each next file to the live worker with the fewest in flight: a short queue is spread over all engines."""
         load = Counter(name for name, _ in self.in_flight.values())
-        for name, worker in self.workers.items():
-            if name in self.watch.down:
-                continue
-            while self.queue and load[name] < self.capacity:
-                item = self.queue.popleft()
-                self.in_flight[worker.index.remote(item)] = (name, item)
-                load[name] += 1
+        live = [name for name in self.workers if name not in self.watch.down]
+        while self.queue and live:
+            name = min(live, key=lambda n: load[n])
+            if load[name] >= self.capacity:
+                return
+            item = self.queue.popleft()
+            self.in_flight[self.workers[name].index.remote(item)] = (name, item)
+            load[name] += 1
 
     def _collect(self, ref) -> None:
         name, item = self.in_flight.pop(ref)
