@@ -25,7 +25,7 @@ import ray
 from operators.redaction import redact_text
 from operators.resume_point import StreamState
 from pipeline.exit_codes import ExitCode
-from pipeline.metrics import JobMetrics
+from pipeline.metrics import JobMetrics, serve_job_metrics
 from pipeline.progress import JobProgress, summary_table
 from pipeline.stream_stats import StreamCounters, StreamStats
 
@@ -87,13 +87,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
         reload = threading.Event()  # SIGHUP: read the job file again and apply its watchlist changes
         _install_signal_handlers(stop, cleanup, reload)
         metrics = JobMetrics(job.name)
-        if job.metrics.port:
-            try:
-                metrics.serve(job.metrics.port, job.metrics.host)
-            except OSError as e:
-                raise ValueError(f"{job_path}: metrics.port: cannot serve on {job.metrics.host}:{job.metrics.port} "
-                                 f"({e}); choose a free port, or metrics.port: null to turn metrics off") from e
-            cleanup.callback(metrics.close)
+        serve_job_metrics(metrics, job, job_path, cleanup)
 
         run_id = uuid.uuid4().hex[:6]  # actor names stay unique when a job runs again in the same cluster
         warn_if_outputs_scatter(job)  # a local Parquet path on several nodes: one warning

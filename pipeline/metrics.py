@@ -40,6 +40,18 @@ STREAM_COUNTERS = {  # StreamCounters field -> what it counts
 }
 
 
+def serve_job_metrics(metrics: JobMetrics, job, job_path: str, cleanup) -> None:
+    """Serve ``metrics`` on the job's ``metrics.port`` (none: not served) until ``cleanup`` (an ExitStack) closes."""
+    if not job.metrics.port:
+        return
+    try:
+        metrics.serve(job.metrics.port, job.metrics.host)
+    except OSError as e:
+        raise ValueError(f"{job_path}: metrics.port: cannot serve on {job.metrics.host}:{job.metrics.port} "
+                         f"({e}); choose a free port, or metrics.port: null to turn metrics off") from e
+    cleanup.callback(metrics.close)
+
+
 class JobMetrics:
     """Holds the latest stream and engine snapshots and exposes them to Prometheus."""
 

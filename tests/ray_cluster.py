@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,16 +28,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from tests.net import free_port
+
 logger = logging.getLogger(__name__)
 
 START_GUARD_S = 120.0  # only ends a wait for a node that will never come up
 STOP_GUARD_S = 30.0
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children() -> dict[int, list[int]]:

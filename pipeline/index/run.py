@@ -39,7 +39,9 @@ from pipeline.engine_link import ENGINE_WAIT_S
 from pipeline.exit_codes import ExitCode
 from pipeline.index.catalog import Catalog, catalog_row, plan_work
 from pipeline.index.inputs import list_archive
+from pipeline.index.metrics import IndexMetrics, IndexSnapshot
 from pipeline.index.progress import IndexProgress
+from pipeline.metrics import serve_job_metrics
 from pipeline.placement import warn_if_outputs_scatter
 
 logger = logging.getLogger(__name__)
@@ -91,7 +93,9 @@ def run_index(job, *, job_path: str = "<index>", show_progress: bool = True, max
             cleanup.callback(ray.shutdown)
         _install_signal_handlers(stop, cleanup)
         warn_if_outputs_scatter(job)
-        run = _IndexRun(job, job_path, plan.items, catalog, result, stop, max_seconds, cleanup)
+        metrics = IndexMetrics(job.name)
+        serve_job_metrics(metrics, job, job_path, cleanup)
+        run = _IndexRun(job, job_path, plan.items, catalog, result, stop, max_seconds, cleanup, metrics)
         if on_started is not None:
             on_started(run.workers)
         with IndexProgress(len(plan.items), enabled=show_progress) as progress:
@@ -112,11 +116,11 @@ class _IndexRun:
     """The work queue of one run and the workers it feeds."""
 
     def __init__(self, job, job_path: str, items, catalog: Catalog, result: IndexResult, stop: threading.Event,
-                 max_seconds: float | None, cleanup: ExitStack):
+                 max_seconds: float | None, cleanup: ExitStack, metrics: IndexMetrics):
         from pipeline.engines import start_engines
         from pipeline.index.worker import IndexWorker
 
-        self.job, self.catalog, self.result, self.stop = job, catalog, result, stop
+        self.job, self.catalog, self.result, self.stop, self.metrics = job, catalog, result, stop, metrics
         self.run_id = uuid.uuid4().hex[:8]
         self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
         self.queue = deque(items)
@@ -153,6 +157,9 @@ class _IndexRun:
             self.flush_rows()
             self._poll_frames()
             progress.update(self.result.done + self.result.failed, self.result.failed, self.result.frames)
+            r = self.result
+            self.metrics.update_index(IndexSnapshot(len(self.queue), len(self.in_flight), r.done, r.failed, r.up_to_date,
+                                                    r.failed_before, r.frames), dict(self.watch.stats))
             timed_out = self.deadline is not None and time.monotonic() > self.deadline
             if self.watch.all_down_for() > ENGINE_WAIT_S and not self.result.engines_lost:
                 logger.error("no engine has answered for %.0f s: giving up; %d files stay for the next run",
@@ -240,6 +247,7 @@ class _EngineWatch:
         now = time.monotonic()
         self.answered = dict.fromkeys(handles, now)  # when each engine last answered
         self.pings: dict[str, tuple[ray.ObjectRef, float]] = {}  # name -> (ping in flight, sent at)
+        self.stats: dict[str, Any] = {}  # name -> its latest EngineStats (the ping's answer), for the metrics
         self.down: set[str] = set()
 
     def check(self) -> list[str]:
@@ -250,7 +258,7 @@ class _EngineWatch:
             if ping is not None and ray.wait([ping[0]], timeout=0)[0]:
                 del self.pings[name]
                 try:
-                    ray.get(ping[0])
+                    self.stats[name] = ray.get(ping[0])
                     self.answered[name] = now
                     if name in self.down:
                         self.down.discard(name)
@@ -261,7 +269,7 @@ class _EngineWatch:
             if ping is None or (now - ping[1] > ENGINE_DOWN_S):
                 if ping is None and now - self.answered[name] < PING_S:
                     continue
-                self.pings[name] = (handle.ready.remote(), now)
+                self.pings[name] = (handle.stats.remote(), now)
             if name not in self.down and now - self.answered[name] > ENGINE_DOWN_S:
                 self.down.add(name)
                 newly_down.append(name)

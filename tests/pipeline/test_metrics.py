@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from operators.resume_point import StreamState
 from operators.sinks.parquet_sink import open_dataset
@@ -22,6 +19,7 @@ from pipeline.metrics import JobMetrics
 from pipeline.stream_stats import SinkCounts, StreamCounters, StreamStats
 from sam3_runtime.model import write_random_checkpoint
 from tests.background_job import BackgroundJob, wait_for
+from tests.net import free_port, scrape
 
 # Only ends a wait that would otherwise hang; the job's own reports decide when to go on.
 SHORT_FPS = 5.0
@@ -44,16 +42,8 @@ metrics: {{port: {port}, host: 127.0.0.1}}
 ENGINE = (("engine", "engine-0"), ("job", "watch"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def _stream(sid: str) -> tuple:
