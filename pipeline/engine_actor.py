@@ -2,11 +2,13 @@
 
 Streams call ``process`` with one frame at a time (they may keep a few frames in flight). Each
 frame carries its sequence number in the stream's session, because an async Ray actor may start
-one caller's calls out of order; frames are released to the batcher strictly in sequence. The
-actor gathers requests for up to ``max_wait_ms`` or until ``max_batch`` distinct streams are
-waiting, runs ``StreamingEngine.step`` on them in a worker thread (the event loop stays free
-to accept more requests), and answers each caller with its stream's ``FrameResult``. A
-stream's frames are always stepped in the order they arrived.
+one caller's calls out of order; frames are released to the batcher strictly in sequence. A step
+starts as soon as every open session has a frame released, or ``max_batch`` distinct streams
+have one, or ``max_wait_ms`` after the batcher began waiting with a frame queued (a session
+that is open but idle, or whose next frame is missing, delays the others at most that long).
+The step runs ``StreamingEngine.step`` in a worker thread (the event loop stays free to accept
+more requests) on one frame per stream and answers each caller with its stream's
+``FrameResult``. A stream's frames are always stepped in sequence order.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ class EngineActor:
         for future in waiting:
             if not future.done():
                 future.set_exception(RuntimeError(f"session of stream {stream_id!r} was re-opened or closed"))
+        if self._wakeup is not None:  # one session fewer may be all a waiting step was missing
+            self._wakeup.set()
 
     async def stats(self) -> EngineStats:
         memory = gpu_memory(self.loaded.device)
@@ -187,28 +191,49 @@ class EngineActor:
         self._wakeup.set()
         return await future
 
+    def _batch_full(self) -> bool:
+        """Whether waiting longer cannot make the next step bigger: every open session (``_next_seq``
+        holds exactly those) has a frame released, or ``max_batch`` streams have."""
+        waiting = len({r[0] for r in self._queue})
+        return waiting >= min(self.max_batch, len(self._next_seq))
+
+    async def _gather(self) -> None:
+        """Wait until the batch is full or ``max_wait_s`` passed; every new frame, close and open wakes it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while True:
+            self._wakeup.clear()  # cleared before the check, so a frame released after it still wakes us
+            remaining = deadline - loop.time()
+            if not self._queue or self._batch_full() or remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[tuple]:
+        """The oldest frame of each of up to ``max_batch`` streams, in queue order; the rest stay queued."""
+        batch, rest, taken = [], deque(), set()
+        for req in self._queue:
+            if req[0] in taken or len(batch) >= self.max_batch:
+                rest.append(req)  # a stream's next frame waits for the next step
+            else:
+                taken.add(req[0])
+                batch.append(req)
+        self._queue = rest
+        return batch
+
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
             if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
-            # give other streams a moment to join the batch
-            deadline = loop.time() + self.max_wait_s
-            while len({r[0] for r in self._queue}) < self.max_batch and loop.time() < deadline:
-                await asyncio.sleep(min(0.001, max(0.0, deadline - loop.time())))
-            batch, rest, taken = [], deque(), set()
-            while self._queue:
-                req = self._queue.popleft()
-                if req[0] in taken or len(batch) >= self.max_batch:
-                    rest.append(req)  # a stream's next frame waits for the next step
-                else:
-                    taken.add(req[0])
-                    batch.append(req)
-            self._queue = rest
-            if self._queue:
-                self._wakeup.set()
+            await self._gather()
+            batch = self._take_batch()
+            if not batch:  # the sessions of the queued frames were closed while we waited
+                continue
             started = time.perf_counter()
             try:
                 async with self._sessions_lock:
