@@ -21,6 +21,7 @@ from pipeline.driver import run_job
 from sam3_runtime.model import write_random_checkpoint
 from tests import hostile_media as hm
 from tests.http_files import http_files
+from tests.job_files import streams_from, write_job
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,6 @@ CASES: dict[str, Case] = {
     "healthy": Case(lambda d: write_synthetic_video(d / "healthy.mp4", frames=20, size=(160, 120)), 20),
 }
 
-JOB = """
-name: hostile
-model: {{checkpoint: {checkpoint}, device: cpu}}
-engine: {{replicas: 1, max_batch: 4, max_wait_ms: 10, hotstart: "off"}}
-watchlists:
-  shapes:
-    - {{concept: red square, threshold: 0.1}}
-streams:
-{streams}
-sinks:
-  parquet: {{path: '{out}', flush_rows: 1000, flush_seconds: 1}}
-metrics: {{port: null}}
-"""
-
 
 @pytest.mark.slow
 def test_hostile_media_end_each_stream_cleanly(ray_session, tmp_path):
@@ -76,9 +63,8 @@ def test_hostile_media_end_each_stream_cleanly(ray_session, tmp_path):
     checkpoint = write_random_checkpoint(tmp_path / "tiny")
     with http_files(paths["hls-404"].parent) as host:
         sources = {**paths, "hls-404": f"http://{host}/{paths['hls-404'].name}"}
-        lines = "\n".join(f"  - {{id: {name}, source: '{src}', watchlist: shapes}}" for name, src in sources.items())
-        job = tmp_path / "hostile.yaml"
-        job.write_text(JOB.format(checkpoint=checkpoint, streams=lines, out=tmp_path / "out"))
+        job = write_job(tmp_path / "hostile.yaml", checkpoint=checkpoint, streams=streams_from(sources),
+                        parquet=tmp_path / "out", max_batch=4)
         result = run_job(str(job), show_progress=False)  # returns: no case hangs the job
 
     assert set(result.streams) == set(CASES)
