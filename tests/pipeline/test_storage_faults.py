@@ -21,20 +21,8 @@ from pipeline.cli import main
 from pipeline.driver import run_job
 from sam3_runtime.model import write_random_checkpoint
 from tests.background_job import BackgroundJob, wait_for
+from tests.job_files import streams_from, write_job
 
-JOB = """
-name: {name}
-model: {{checkpoint: {checkpoint}, device: cpu}}
-engine: {{replicas: 1, max_batch: 2, max_wait_ms: 10, hotstart: "off"}}
-watchlists:
-  shapes:
-    - {{concept: red square, threshold: 0.1}}
-streams:
-{streams}
-sinks:
-  parquet: {{path: '{out}', flush_rows: 1000, flush_seconds: 1}}
-metrics: {{port: null}}
-"""
 FRAMES = 40  # long enough that the disk fills while the streams still run (the tiny model slows as objects pile up)
 
 
@@ -62,10 +50,8 @@ def _tmpfs(directory: Path, options: str):
 
 
 def _job(tmp_path: Path, inputs, name: str, out: Path, streams: list[str]) -> Path:
-    lines = "\n".join(f"  - {{id: {sid}, source: '{inputs['video']}', watchlist: shapes}}" for sid in streams)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(JOB.format(name=name, checkpoint=inputs["checkpoint"], streams=lines, out=out))
-    return path
+    return write_job(tmp_path / f"{name}.yaml", checkpoint=inputs["checkpoint"], parquet=out,
+                     streams=streams_from(dict.fromkeys(streams, inputs["video"])))
 
 
 def _fill(directory: Path) -> Path:
