@@ -20,22 +20,9 @@ import pytest
 from operators.synthetic import write_synthetic_video
 from sam3_runtime.model import write_random_checkpoint
 from tests.background_job import HANG_GUARD_S, wait_for
+from tests.job_files import streams_from, write_job
 
 pytestmark = pytest.mark.slow  # each test starts a Ray of its own (tens of seconds on a small machine)
-
-JOB = """
-name: {name}
-model: {{checkpoint: {checkpoint}, device: cpu}}
-engine: {{replicas: 1, max_batch: 2, max_wait_ms: 10, hotstart: "off"}}
-watchlists:
-  shapes:
-    - {{concept: red square, threshold: 0.1}}
-streams:
-  - {{id: cam, source: '{video}', watchlist: shapes, loop: {loop}}}
-sinks:
-  parquet: {{path: '{out}', flush_rows: 10, flush_seconds: 1}}
-metrics: {{port: null}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +64,9 @@ class Job:
     """``sam3-stream run`` as a subprocess, and every process seen under it while it ran."""
 
     def __init__(self, tmp_path: Path, media: dict, loop: bool) -> None:
-        job = tmp_path / "job.yaml"
-        job.write_text(JOB.format(name=tmp_path.name[:20].replace("[", "-").replace("]", ""), checkpoint=media["ckpt"],
-                                  video=media["video"], loop=str(loop).lower(), out=tmp_path / "out"))
+        job = write_job(tmp_path / "job.yaml", name=tmp_path.name[:20].replace("[", "-").replace("]", ""),
+                        checkpoint=media["ckpt"], streams=streams_from({"cam": media["video"]}, loop=loop),
+                        parquet=tmp_path / "out", parquet_flush_rows=10)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own, started by the job
         self.log = tmp_path / "job.log"
         with self.log.open("wb") as log:
