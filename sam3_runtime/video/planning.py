@@ -208,7 +208,8 @@ def plan_frame(
     if num_trk + len(new_det) > cfg.max_num_objects:
         room = max(cfg.max_num_objects - num_trk, 0)
         num_dropped = len(new_det) - room
-        logger.warning("max_num_objects=%d reached: dropping %d new detections", cfg.max_num_objects, num_dropped)
+        # DEBUG: a crowded scene drops on every frame; the session warns once and then counts (``plan.num_dropped``)
+        logger.debug("max_num_objects=%d reached: dropping %d new detections", cfg.max_num_objects, num_dropped)
         new_det = new_det[torch.topk(det_scores.cpu()[new_det], k=room).indices]
     new_ids = table.next_obj_id + torch.arange(len(new_det), dtype=torch.long)
     new_scores = det_scores.cpu()[new_det]

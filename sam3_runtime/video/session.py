@@ -16,6 +16,8 @@ the methods below, each of which keeps these invariants:
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +29,9 @@ from sam3_runtime.video.planning import FramePlan, MaskletTable
 # 2 renamed box_ids / box_rows (they hold point-prompted objects too); format 1 still loads.
 STATE_FORMAT = 2
 _READABLE_FORMATS = (1, 2)
+DROPPED_WARNING_INTERVAL_S = 60.0  # a crowded scene drops detections on every frame: warn this often at most
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,28 @@ class AppliedPlan:
 
 
 @dataclass
+class DroppedDetections:
+    """New detections the session dropped at ``max_num_objects``: warned about on the first frame that
+    drops any, then at most once per ``DROPPED_WARNING_INTERVAL_S`` with the count since the last warning."""
+
+    total: int = 0
+    unreported: int = 0  # dropped since the last warning
+    unreported_frames: int = 0
+    warned_at: float | None = None  # time.monotonic() of the last warning
+
+    def add(self, dropped: int, now: float) -> tuple[int, int] | None:
+        """Count ``dropped``; (detections, frames) to warn about now, or None while rate-limited."""
+        self.total += dropped
+        self.unreported += dropped
+        self.unreported_frames += 1
+        if self.warned_at is not None and now - self.warned_at < DROPPED_WARNING_INTERVAL_S:
+            return None
+        report = (self.unreported, self.unreported_frames)
+        self.unreported, self.unreported_frames, self.warned_at = 0, 0, now
+        return report
+
+
+@dataclass
 class TrackerSession:
     stream_id: str
     memory: ObjectMemory
@@ -63,6 +90,7 @@ class TrackerSession:
     frame_index: int = 0  # index of the next frame
     frame_size: tuple[int, int] | None = None  # (height, width) of the stream's frames
     video: VideoConfig | None = None  # this stream's video heuristics, when they differ from the engine's
+    dropped: DroppedDetections = field(default_factory=DroppedDetections)  # for warnings only; not saved
 
     # -- reading ----------------------------------------------------------------------------
     def concept_id(self, text: str) -> int | None:
@@ -141,9 +169,10 @@ class TrackerSession:
                 f"{self.frame_size[1]}x{self.frame_size[0]}; open a new session for another resolution"
             )
 
-    def apply_plan(self, plan: FramePlan, table: MaskletTable) -> AppliedPlan:
+    def apply_plan(self, plan: FramePlan, table: MaskletTable, now: float | None = None) -> AppliedPlan:
         """Move to ``plan_frame``'s next ``table``: free the memory of rows the plan drops and give
-        each new object a memory row (written later in the step, once the tracker has run)."""
+        each new object a memory row (written later in the step, once the tracker has run).
+        ``now`` (``time.monotonic()`` by default) paces the warning about detections dropped at ``max_num_objects``."""
         kept = plan.keep_rows.tolist()
         if len(table) != len(kept) + plan.new_det_indices.numel():
             raise ValueError(f"table of {len(table)} rows does not follow a plan keeping {len(kept)} "
@@ -152,6 +181,8 @@ class TrackerSession:
         new_rows = self.memory.add_objects(plan.new_det_indices.numel())
         self.table = table
         self.concept_rows = self.concept_rows + new_rows
+        if plan.num_dropped:
+            self._report_dropped(plan.num_dropped, time.monotonic() if now is None else now)
         return AppliedPlan(kept_rows=self.concept_rows[: len(kept)], new_rows=list(new_rows))
 
     def advance_frame(self) -> None:
@@ -164,6 +195,14 @@ class TrackerSession:
         self.concept_rows, self.prompted_ids, self.prompted_rows, self.pending = [], [], [], []
 
     # -- internals --------------------------------------------------------------------------
+    def _report_dropped(self, dropped: int, now: float) -> None:
+        report = self.dropped.add(dropped, now)
+        if report is not None:
+            detections, frames = report
+            logger.warning("stream %r: max_num_objects reached, %d new detections dropped over %d frame(s); "
+                           "raise engine.tracking.max_objects in the job file to track them (warned at most "
+                           "once a minute)", self.stream_id, detections, frames)
+
     def _allocate_track_id(self) -> int:
         self.table, track_id = self.table.with_allocated_id()
         return track_id
