@@ -15,25 +15,11 @@ from operators.synthetic import write_synthetic_video
 from pipeline.metrics import JobMetrics
 from sam3_runtime.model import write_random_checkpoint
 from tests.background_job import BackgroundJob, wait_for
+from tests.job_files import streams_from, write_job
 
 CAP = 8000  # bytes of Kafka spool: a few frames' records
 SINK_EVENT_BYTES = 1000  # a sink_degraded event goes past a full spool (so Kafka gets it once it is back)
-JOB = """
-name: outage
-model: {{checkpoint: {checkpoint}, device: cpu}}
-engine: {{replicas: 1, max_batch: 2, max_wait_ms: 10, hotstart: "off"}}
-watchlists:
-  shapes:
-    - {{concept: red square, threshold: 0.05}}
-    - {{concept: green disc, threshold: 0.05}}
-streams:
-  - {{id: cam, source: '{video}', watchlist: shapes, loop: true}}
-sinks:
-  parquet: {{path: '{out}', flush_rows: 50, flush_seconds: 1}}
-  kafka: {{bootstrap_servers: '{kafka}', topic: outage.tracks, events_topic: outage.events,
-          client: {{buffer_memory: {cap}, max_block_ms: 1000}}}}
-metrics: {{port: null}}
-"""
+RULES = (("red square", 0.05), ("green disc", 0.05))
 
 
 @pytest.fixture
@@ -46,9 +32,11 @@ def broker():
 def test_a_broker_frozen_past_the_spool_degrades_kafka_and_parquet_keeps_every_record(ray_session, broker, tmp_path):
     ray = ray_session
     video = write_synthetic_video(tmp_path / "v.mp4", frames=20, size=(96, 72), fps=10)
-    job = tmp_path / "job.yaml"
-    job.write_text(JOB.format(checkpoint=write_random_checkpoint(tmp_path / "tiny"), video=video, out=tmp_path / "out",
-                              kafka=broker.bootstrap_servers, cap=CAP))
+    job = write_job(tmp_path / "job.yaml", name="outage", checkpoint=write_random_checkpoint(tmp_path / "tiny"),
+                    streams=streams_from({"cam": video}, loop=True), rules=RULES,
+                    parquet=tmp_path / "out", parquet_flush_rows=50, kafka=broker.bootstrap_servers,
+                    extra={"sinks": {"kafka": {"topic": "outage.tracks", "events_topic": "outage.events",
+                                               "client": {"buffer_memory": CAP, "max_block_ms": 1000}}}})
     running = BackgroundJob(job)
     stream = running.start().streams["cam"]
 

@@ -20,21 +20,8 @@ from operators.sinks.parquet_sink import open_dataset
 from operators.synthetic import write_synthetic_video
 from sam3_runtime.model import write_random_checkpoint
 from tests.background_job import HANG_GUARD_S, wait_for
+from tests.job_files import streams_from, write_job
 from tests.operators.test_stop_live_source import stalling_server
-
-JOB = """
-name: {name}
-model: {{checkpoint: {checkpoint}, device: cpu}}
-engine: {{replicas: 1, max_batch: 2, max_wait_ms: 10, hotstart: "off"}}
-watchlists:
-  shapes:
-    - {{concept: red square, threshold: 0.1}}
-streams:
-  - {{id: cam, source: '{url}', watchlist: shapes}}
-sinks:
-  parquet: {{path: '{out}', flush_rows: 10, flush_seconds: 1}}
-metrics: {{port: null}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +36,8 @@ class Command:
 
     def __init__(self, ray_session, tmp_path: Path, media: dict, url: str, *args: str) -> None:
         self.out = tmp_path / "out"
-        job = tmp_path / "job.yaml"
-        job.write_text(JOB.format(name=tmp_path.name[:24], checkpoint=media["ckpt"], url=url, out=self.out))
+        job = write_job(tmp_path / "job.yaml", name=tmp_path.name[:24], checkpoint=media["ckpt"],
+                        streams=streams_from({"cam": url}), parquet=self.out, parquet_flush_rows=10)
         env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
         self.log = tmp_path / "run.log"
         with self.log.open("wb") as log:
