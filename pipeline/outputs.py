@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from dataclasses import replace
@@ -25,6 +26,10 @@ def check_parquet_path(job, job_path: str) -> None:
     if spec is None or "://" in str(spec.path):
         return
     path = Path(spec.path)
+    created, missing = [], path
+    while not missing.exists() and missing != missing.parent:  # the probe takes back the folders it made
+        created.append(missing)
+        missing = missing.parent
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -32,6 +37,10 @@ def check_parquet_path(job, job_path: str) -> None:
     except OSError as e:
         raise ValueError(f"{job_path}: sinks.parquet.path: cannot write to {path} ({e.strerror or e}); choose a "
                          "writable path or fix its permissions") from None
+    finally:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 class StreamOutputs:
