@@ -22,25 +22,11 @@ from pipeline.progress import JobProgress, summary_table
 from sam3_runtime.model import write_random_checkpoint
 from tests.background_job import BackgroundJob, wait_for
 from tests.http_files import http_files
-from tests.rtsp_server import free_port
+from tests.job_files import streams_from, write_job
+from tests.net import free_port
 
 SECRET = "S3cretPa55"
-JOB = """
-name: secrets
-model: {{checkpoint: {checkpoint}, device: cpu}}
-engine: {{replicas: 1, max_batch: 4, max_wait_ms: 10, hotstart: "off"}}
-watchlists:
-  shapes:
-    - {{concept: red square, threshold: 0.1}}
-streams:
-  - {{id: cam, source: 'rtsp://admin:${{CAM_PASSWORD}}@127.0.0.1:{closed}/stream', watchlist: shapes}}
-  - {{id: web, source: 'http://viewer:${{CAM_PASSWORD}}@{http}/clip.mp4?token=${{CAM_PASSWORD}}', watchlist: shapes}}
-  - {{id: audio, source: 'http://viewer:${{CAM_PASSWORD}}@{http}/tone.wav', watchlist: shapes}}
-  - {{id: clip, source: '{clip}', watchlist: shapes}}
-sinks:
-  parquet: {{path: '{out}', flush_rows: 10, flush_seconds: 1}}
-metrics: {{port: {port}, host: 127.0.0.1}}
-"""
+VARIABLE = "${CAM_PASSWORD}"  # what the job file holds: the loader puts the password in
 
 
 def _write_tone(path: Path) -> Path:
@@ -71,11 +57,15 @@ def test_a_password_in_source_urls_is_shown_nowhere(ray_session, tmp_path, monke
     write_synthetic_video(media / "clip.mp4", frames=6, size=(96, 72), fps=10)
     _write_tone(media / "tone.wav")
     closed, port = free_port(), free_port()
-    path = tmp_path / "secrets.yaml"
     scrapes = []
     with http_files(media, fail_first="clip.mp4") as host:
-        path.write_text(JOB.format(checkpoint=write_random_checkpoint(media / "tiny"), closed=closed, http=host,
-                                   clip=media / "clip.mp4", out=tmp_path / "out", port=port))
+        sources = {"cam": f"rtsp://admin:{VARIABLE}@127.0.0.1:{closed}/stream",
+                   "web": f"http://viewer:{VARIABLE}@{host}/clip.mp4?token={VARIABLE}",
+                   "audio": f"http://viewer:{VARIABLE}@{host}/tone.wav",
+                   "clip": media / "clip.mp4"}
+        path = write_job(tmp_path / "secrets.yaml", checkpoint=write_random_checkpoint(media / "tiny"),
+                         streams=streams_from(sources), max_batch=4, parquet=tmp_path / "out", parquet_flush_rows=10,
+                         metrics_port=port)
         assert SECRET not in path.read_text()  # the job file names the variable, never the password
 
         caplog.set_level(logging.INFO)

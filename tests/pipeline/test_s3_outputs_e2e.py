@@ -15,21 +15,8 @@ from operators.synthetic import write_synthetic_video
 from pipeline.driver import run_job
 from sam3_runtime.model import write_random_checkpoint
 from tests.background_job import wait_for
+from tests.job_files import streams_from, write_job
 
-JOB = """
-name: s3job
-model: {{checkpoint: {checkpoint}, device: cpu}}
-engine: {{replicas: 1, max_batch: 2, max_wait_ms: 10, hotstart: "off"}}
-watchlists:
-  shapes:
-    - {{concept: red square, threshold: 0.1}}
-streams:
-  - {{id: long, source: '{long}', watchlist: shapes}}
-  - {{id: short, source: '{short}', watchlist: shapes}}
-sinks:
-  parquet: {{path: '{out}', flush_rows: 1000, flush_seconds: 1}}
-metrics: {{port: null}}
-"""
 LONG_FRAMES = 24
 
 
@@ -70,8 +57,8 @@ def stop_after(stream: str, frames: int, errors: list):
 @pytest.mark.slow
 def test_records_and_resume_points_go_to_s3_and_resume_reads_them_back(ray_session, s3_env, media, tmp_path):
     out = s3_env.bucket() + "/jobs/out"
-    job = tmp_path / "s3job.yaml"
-    job.write_text(JOB.format(checkpoint=media["checkpoint"], long=media["long"], short=media["short"], out=out))
+    job = write_job(tmp_path / "s3job.yaml", checkpoint=media["checkpoint"], parquet=out,
+                    streams=streams_from({"long": media["long"], "short": media["short"]}))
 
     errors: list = []
     first = run_job(str(job), show_progress=False, on_started=stop_after("long", 6, errors))
