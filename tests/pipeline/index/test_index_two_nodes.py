@@ -3,7 +3,7 @@ indexed exactly once.
 
 The cluster is two ``ray start`` processes on loopback with token authentication
 (``tests/ray_cluster.py``); the run is a driver process of its own, as a user runs one, on a job file
-with an ``index:`` section (what ``sam3-stream run JOB.yaml`` does with one), with the archive and the dataset on the tests' S3 server (a multi-node run keeps its dataset in
+with an ``index:`` section run by ``sam3-stream run JOB.yaml``, with the archive and the dataset on the tests' S3 server (a multi-node run keeps its dataset in
 object storage). The shared ``ray_session`` fixture is not used: this process never joins a cluster.
 """
 
@@ -39,10 +39,6 @@ watchlists:
     - {{concept: red square, threshold: 0.1}}
 index: {{sources: ["{sources}"], out: "{out}", watchlist: shapes, files_in_flight: 2}}
 """
-# `sam3-stream run JOB.yaml` on an index job, in its own process (the driver, connected by RAY_ADDRESS)
-DRIVER = ("import logging, sys; logging.basicConfig(level=logging.INFO); from pipeline.jobspec import load_job; "
-          "from pipeline.index.run import run_index; "
-          "sys.exit(run_index(load_job(sys.argv[1]), job_path=sys.argv[1], show_progress=False).exit_code)")
 
 
 class _Output:
@@ -98,7 +94,7 @@ def test_losing_the_worker_node_mid_run_still_indexes_every_file_once(s3_server,
     job_path = tmp_path / "job.yaml"
     job_path.write_text(JOB.format(checkpoint=write_random_checkpoint(tmp_path / "tiny"),
                                    sources=f"{bucket_uri}/archive/", out=out))
-    command = [sys.executable, "-c", DRIVER, str(job_path)]
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(job_path), "--no-progress"]  # sam3-stream run
 
     # head: 1 CPU, room for one engine; the lost node's engine has nowhere to restart
     with two_node_cluster(head_cpus=1, worker_cpus=2, extra_env=s3_server.env) as cluster:
