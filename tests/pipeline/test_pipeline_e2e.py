@@ -19,23 +19,10 @@ from pipeline.cli import main
 from pipeline.driver import run_job
 from sam3_runtime.model import write_random_checkpoint
 from tests.background_job import HANG_GUARD_S, wait_for
+from tests.job_files import streams_from, write_job
 from tests.rtsp_server import rtsp_server
 
-JOB = """
-name: {name}
-model: {{checkpoint: {checkpoint}, device: cpu}}
-engine: {{replicas: 1, max_batch: {max_batch}, max_wait_ms: 10, hotstart: "off"}}
-watchlists:
-  shapes:
-    - {{concept: red square, threshold: 0.1}}
-    - {{concept: green disc, threshold: 0.1}}
-streams:
-{streams}
-sinks:
-  parquet: {{path: {out}, flush_rows: 50, flush_seconds: 1}}
-  kafka: {{bootstrap_servers: "{kafka}", topic: tracks, events_topic: events}}
-metrics: {{port: null}}
-"""
+RULES = (("red square", 0.1), ("green disc", 0.1))
 # Every step of these tests is triggered by what the job reports (frames processed, resume
 # points, reconnects), never by how long it has run; HANG_GUARD_S only ends a wait that would hang.
 
@@ -58,12 +45,12 @@ def broker():
         yield b
 
 
-def _job(tmp_path, media, broker, name, streams: dict[str, str], out: str = "out", max_batch: int = 4) -> Path:
-    lines = "\n".join(f"  - {{id: {sid}, source: '{src}', watchlist: shapes}}" for sid, src in streams.items())
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(JOB.format(name=name, checkpoint=media["ckpt"], streams=lines, out=tmp_path / out,
-                               kafka=broker.bootstrap_servers, max_batch=max_batch))
-    return path
+def _job(tmp_path, media, broker, name, streams: dict[str, str], out: str | None = "out", max_batch: int = 4,
+         stream_options: dict | None = None, **options) -> Path:
+    """A job with Parquet under ``tmp_path / out`` (none if ``out`` is None) and Kafka on ``broker``."""
+    return write_job(tmp_path / f"{name}.yaml", checkpoint=media["ckpt"], rules=RULES, max_batch=max_batch,
+                     streams=streams_from(streams, **(stream_options or {})), kafka=broker.bootstrap_servers,
+                     parquet=None if out is None else tmp_path / out, parquet_flush_rows=50, **options)
 
 
 def _consume(broker, topic, expected: int) -> list:
@@ -250,25 +237,23 @@ def test_rtsp_stream_survives_a_server_restart(ray_session, media, broker, tmp_p
 
 
 @pytest.mark.parametrize(
-    ("patch", "message"),
+    ("mistake", "message"),
     [
-        (("watchlist: shapes}", "watchlist: shapes, fsp: 5}"), "did you mean 'fps'"),
-        (("max_batch: 4", "max_batch: many"), "max_batch"),
-        (("watchlist: shapes}", "watchlist: nope}"), "nope"),
-        (("source: '", "source: 'ftp://host/"), "unsupported scheme 'ftp'"),
+        ({"stream_options": {"fsp": 5}}, "did you mean 'fps'"),
+        ({"extra": {"engine": {"max_batch": "many"}}}, "max_batch"),
+        ({"stream_options": {"watchlist": "nope"}}, "nope"),
+        ({"stream_options": {"source": "ftp://host/a.mp4"}}, "unsupported scheme 'ftp'"),
     ],
 )
-def test_bad_job_files_exit_2(media, broker, tmp_path, patch, message, capsys):
-    job = _job(tmp_path, media, broker, "bad", {"cam": media["a"]})
-    job.write_text(job.read_text().replace(*patch))
+def test_bad_job_files_exit_2(media, broker, tmp_path, mistake, message, capsys):
+    job = _job(tmp_path, media, broker, "bad", {"cam": media["a"]}, **mistake)
     assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert message in err and "bad.yaml:" in err and err.count("\n") == 1
 
 
 def test_engines_wanting_more_cpus_than_the_cluster_has_exit_2(ray_session, media, broker, tmp_path, capsys):
-    job = _job(tmp_path, media, broker, "greedy", {"cam": media["a"]})
-    job.write_text(job.read_text().replace("replicas: 1,", "replicas: 2, num_cpus: 64,"))
+    job = _job(tmp_path, media, broker, "greedy", {"cam": media["a"]}, extra={"engine": {"replicas": 2, "num_cpus": 64}})
     assert main(["run", str(job)]) == 2  # refused at once instead of waiting forever for 128 CPUs
     err = capsys.readouterr().err
     assert "greedy.yaml: engine: 2 replica(s) x num_cpus 64 need 128 CPUs" in err and "lower engine.num_cpus" in err
@@ -281,8 +266,7 @@ def test_metrics_port_in_use_exits_2_before_anything_starts(ray_session, media, 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        job = _job(tmp_path, media, broker, "busy", {"cam": media["a"]})
-        job.write_text(job.read_text().replace("metrics: {port: null}", f"metrics: {{port: {port}, host: 127.0.0.1}}"))
+        job = _job(tmp_path, media, broker, "busy", {"cam": media["a"]}, metrics_port=port)  # on 127.0.0.1
         assert main(["run", str(job)]) == 2
     err = capsys.readouterr().err
     assert f"busy.yaml: metrics.port: cannot serve on 127.0.0.1:{port}" in err and "choose a free port" in err
@@ -329,7 +313,6 @@ def test_a_stopped_job_resumes_where_it_stopped_and_skips_finished_streams(ray_s
 
 
 def test_resume_without_a_parquet_sink_exits_2(media, broker, tmp_path, capsys):
-    job = _job(tmp_path, media, broker, "nopq", {"cam": media["a"]})
-    job.write_text("\n".join(line for line in job.read_text().splitlines() if "parquet:" not in line))
+    job = _job(tmp_path, media, broker, "nopq", {"cam": media["a"]}, out=None)
     assert main(["run", str(job), "--resume"]) == 2
     assert "--resume needs sinks.parquet" in capsys.readouterr().err
