@@ -27,26 +27,13 @@ import pytest
 
 from operators.synthetic import write_synthetic_video
 from sam3_runtime.model import write_random_checkpoint
+from tests.job_files import streams_from, write_job
 
 REPO = Path(__file__).resolve().parents[2]
 # Only end waits that would otherwise hang; nothing here depends on how fast the machine is.
 HEAD_START_GUARD_S = 180.0
 JOB_GUARD_S = 300.0
 STOP_GUARD_S = 60.0
-
-JOB = """
-name: {name}
-model: {{checkpoint: {checkpoint}, device: cpu}}
-engine: {{replicas: 1, max_batch: 1, max_wait_ms: 10, hotstart: "off"}}
-watchlists:
-  shapes:
-    - {{concept: red square, threshold: 0.1}}
-streams:
-{streams}
-sinks:
-  parquet: {{path: {out}, flush_rows: 50, flush_seconds: 1}}
-metrics: {{port: null}}
-"""
 
 
 @dataclass(frozen=True)
@@ -185,10 +172,10 @@ def checkout(tmp_path_factory) -> Path:
 
 
 def _write_job(checkout: Path, media, name: str, streams: dict[str, Path], out: Path) -> str:
-    lines = "\n".join(f"  - {{id: {sid}, source: '{src}', watchlist: shapes}}" for sid, src in streams.items())
     relative = f"jobs/{name}.yaml"  # relative to the working dir, as a job file in the clone would be
     (checkout / "jobs").mkdir(exist_ok=True)
-    (checkout / relative).write_text(JOB.format(name=name, checkpoint=media["ckpt"], streams=lines, out=out))
+    write_job(checkout / relative, checkpoint=media["ckpt"], streams=streams_from(streams), max_batch=1, parquet=out,
+              parquet_flush_rows=50)
     return relative
 
 
