@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import signal
 import threading
 import time
 import uuid
@@ -28,6 +27,7 @@ from pipeline.exit_codes import ExitCode
 from pipeline.metrics import JobMetrics, serve_job_metrics
 from pipeline.progress import JobProgress, summary_table
 from pipeline.stream_stats import StreamCounters, StreamStats
+from pipeline.supervisor import install_stop_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def run_job(job_path: str, max_seconds: float | None = None, show_progress: bool
                 cleanup.callback(broker.close)
                 logger.info("embedded Kafka-compatible broker on %s", kafka_servers)
         reload = threading.Event()  # SIGHUP: read the job file again and apply its watchlist changes
-        _install_signal_handlers(stop, cleanup, reload)
+        install_stop_handlers(stop, cleanup, stopping="finishing gracefully", reload=reload)
         metrics = JobMetrics(job.name)
         serve_job_metrics(metrics, job, job_path, cleanup)
 
@@ -241,20 +241,3 @@ class _LiveChanges:
             reload.clear()
             logger.info("received SIGHUP: reading %s again", self.job_path)
             reload_job(self.job_path, self.job, self.file_rules, self.streams, running, self.events)
-
-
-def _install_signal_handlers(stop: threading.Event, cleanup: ExitStack, reload: threading.Event | None = None) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if reload is not None and hasattr(signal, "SIGHUP"):
-        previous_hup = signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
-        cleanup.callback(signal.signal, signal.SIGHUP, previous_hup)
-
-    def handler(signum, _frame):
-        if stop.is_set():
-            raise KeyboardInterrupt  # a second signal: stop waiting
-        logger.warning("received %s: finishing gracefully (send it again to abort)", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    cleanup.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])

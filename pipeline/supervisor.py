@@ -173,3 +173,23 @@ def _become_subreaper() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             logger.debug("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+
+
+def install_stop_handlers(stop: threading.Event, cleanup, *, stopping: str, reload: threading.Event | None = None) -> None:
+    """In the job's process: a first SIGINT/SIGTERM sets ``stop`` (logging ``stopping``, what the job does now), a
+    second raises KeyboardInterrupt (abort); SIGHUP sets ``reload`` when given. ``cleanup`` (an ExitStack) puts
+    the previous handlers back. Only the main thread can install handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if reload is not None and hasattr(signal, "SIGHUP"):
+        previous_hup = signal.signal(signal.SIGHUP, lambda _signum, _frame: reload.set())
+        cleanup.callback(signal.signal, signal.SIGHUP, previous_hup)
+
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second signal: stop waiting
+        logger.warning("received %s: %s (send it again to abort)", signal.Signals(signum).name, stopping)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    cleanup.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])

@@ -43,6 +43,7 @@ from pipeline.index.metrics import IndexMetrics, IndexSnapshot
 from pipeline.index.progress import IndexProgress
 from pipeline.metrics import serve_job_metrics
 from pipeline.placement import warn_if_outputs_scatter
+from pipeline.supervisor import install_stop_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def run_index(job, *, job_path: str = "<index>", show_progress: bool = True, max
             ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=True)
             cleanup.callback(ray.shutdown)
-        _install_signal_handlers(stop, cleanup)
+        install_stop_handlers(stop, cleanup, stopping="stopping; files in flight are done again next run")
         warn_if_outputs_scatter(job)
         metrics = IndexMetrics(job.name)
         serve_job_metrics(metrics, job, job_path, cleanup)
@@ -280,20 +281,3 @@ class _EngineWatch:
         if len(self.down) < len(self.handles):
             return 0.0
         return time.monotonic() - max(self.answered.values())
-
-
-def _install_signal_handlers(stop: threading.Event, cleanup: ExitStack) -> None:
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum, _frame):
-        if stop.is_set():
-            raise KeyboardInterrupt  # a second signal: stop waiting
-        logger.warning("received %s: stopping (files in flight are done again next run; send it again to abort)",
-                       signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    cleanup.callback(lambda: [signal.signal(s, h) for s, h in previous.items()])
