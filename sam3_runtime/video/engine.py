@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from sam3_runtime.config import VideoConfig
-from sam3_runtime.masks import masks_to_boxes
 from sam3_runtime.model import LoadedModel
 from sam3_runtime.preprocess import to_model_input
-from sam3_runtime.video.heuristics import Detections, filter_detections, non_overlapping
+from sam3_runtime.video.heuristics import Detections, filter_detections
 from sam3_runtime.video.memory import ObjectMemory
 from sam3_runtime.video.planning import FramePlan, plan_frame
 from sam3_runtime.video.propagation import (
@@ -32,8 +31,9 @@ from sam3_runtime.video.propagation import (
     propagate,
     tracker_features,
 )
+from sam3_runtime.video.render import PendingResult, RenderItem, render_step
 from sam3_runtime.video.session import AppliedPlan, PromptedObject, TrackerSession
-from sam3_runtime.video.types import PROMPTED_CONCEPT, EngineOptions, FrameResult, TrackedObject
+from sam3_runtime.video.types import PROMPTED_CONCEPT, EngineOptions, FrameResult
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +171,12 @@ class StreamingEngine:
         self._start_detected(feats, sessions, plans, applied, detections)
         prompted = self._start_prompted(feats, sessions)
 
+        outputs = [self._output(session, frame, plans[f], tracked[f], prompted[f])
+                   for f, (session, frame) in enumerate(batch)]
+        rendered = render_step([item for _, item in outputs], self.options.non_overlapping)
         results = {}
-        for f, (session, frame) in enumerate(batch):
-            results[session.stream_id] = self._output(session, frame, plans[f], tracked[f], prompted[f])
+        for (session, _), (out, _), masks in zip(batch, outputs, rendered, strict=True):
+            results[session.stream_id] = out.result_with(masks)
             session.advance_frame()
         return results
 
@@ -295,7 +298,8 @@ class StreamingEngine:
                 started[f].append((prompt.track_id, out.low_res_masks.float(), float(out.object_score_logits.sigmoid())))
         return started
 
-    def _output(self, session, frame, plan: FramePlan, tracked, prompted) -> FrameResult:
+    def _output(self, session, frame, plan: FramePlan, tracked, prompted) -> tuple[PendingResult, RenderItem]:
+        """What one session reports on this frame, with its masks still to be rendered (all sessions at once)."""
         h, w = frame.shape[:2]
         trk_masks, trk_scores, _ = tracked
         n_prompted = len(session.prompted_ids) - len(prompted)
@@ -309,25 +313,16 @@ class StreamingEngine:
         scores = plan.out_scores[visible].tolist() + prompted_probs + [p for _, _, p in prompted]
         tracker_scores = plan.out_tracker_scores[visible].tolist() + prompted_probs + [p for _, _, p in prompted]
         tentative = plan.out_tentative[visible].tolist() + [False] * len(session.prompted_ids)
-        low_res = torch.cat([plan.out_masks.to(self.device)[visible.to(self.device)].float()[:, None], prompted_masks,
-                             *[m for _, m, _ in prompted]]) if ids else None
+        if ids:
+            low_res = torch.cat([plan.out_masks.to(self.device)[visible.to(self.device)].float()[:, None],
+                                 prompted_masks, *[m for _, m, _ in prompted]])[:, 0]
+        else:
+            low_res = torch.zeros(0, *self._mask_size(), device=self.device)
         result = FrameResult(session.stream_id, session.frame_index, width=w, height=h,
                              retracted_ids=plan.removed_obj_ids.tolist(), evicted_ids=plan.evicted_obj_ids.tolist())
-        if not ids:
-            return result
-        masks = F.interpolate(low_res, size=(h, w), mode="bilinear", align_corners=False)[:, 0] > 0
-        if self.options.non_overlapping and masks.shape[0] > 1:
-            masks = non_overlapping(masks, torch.tensor(tracker_scores), torch.tensor(groups))
-        # an object with no pixel left (empty, or every pixel owned by a stronger one) is not reported
-        nonempty = masks.flatten(1).any(1)
-        boxes = masks_to_boxes(masks).tolist()
-        masks_np = masks.cpu().numpy()
-        for i in torch.nonzero(nonempty).flatten().tolist():
-            result.objects.append(TrackedObject(
-                track_id=int(ids[i]), concept=concepts[i], score=float(scores[i]), tracker_score=float(tracker_scores[i]),
-                box_xyxy=tuple(boxes[i]), mask=masks_np[i], tentative=bool(tentative[i]),
-            ))
-        return result
+        item = RenderItem(low_res, torch.tensor(tracker_scores, dtype=torch.float32),
+                          torch.tensor(groups, dtype=torch.long), (h, w))
+        return PendingResult(result, ids, concepts, scores, tracker_scores, tentative), item
 
     def _mask_size(self) -> tuple[int, int]:
         h, w = self.model.tracker_model.prompt_encoder.image_embedding_size
