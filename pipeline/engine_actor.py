@@ -14,6 +14,7 @@ more requests) on one frame per stream and answers each caller with its stream's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -23,6 +24,8 @@ import numpy as np
 import ray
 
 from pipeline.jobspec import JobSpec, TrackingSpec
+from pipeline.jobspec.engine import DEFAULT_MAX_OBJECTS_PER_STREAM
+from sam3_runtime.config import VideoConfig
 from sam3_runtime.video.types import EngineOptions
 
 logger = logging.getLogger(__name__)
@@ -43,12 +46,19 @@ class EngineSettings:
     max_wait_ms: float = 15.0  # how long a step waits for more streams to join
     options: EngineOptions = field(default_factory=EngineOptions)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)  # applied over the checkpoint's heuristics
+    max_objects_per_stream: int = DEFAULT_MAX_OBJECTS_PER_STREAM  # the video config's max_num_objects
+    compile: bool = False  # torch.compile the backbone blocks and the tracker step (sam3_runtime/compile.py)
 
     @classmethod
     def from_job(cls, job: JobSpec) -> EngineSettings:
         return cls(checkpoint=str(job.model.checkpoint), device=job.model.device, dtype=job.model.dtype,
                    max_batch=job.engine.max_batch, max_wait_ms=job.engine.max_wait_ms,
-                   options=job.engine.engine_options(), tracking=job.engine.tracking)
+                   options=job.engine.engine_options(), tracking=job.engine.tracking,
+                   max_objects_per_stream=job.engine.objects_per_stream, compile=job.engine.compile)
+
+    def video(self, checkpoint: VideoConfig) -> VideoConfig:
+        """The video heuristics the engine runs: ``checkpoint``'s with this job's tracking keys and object cap."""
+        return dataclasses.replace(self.tracking.apply(checkpoint), max_num_objects=self.max_objects_per_stream)
 
 
 @dataclass
@@ -66,6 +76,8 @@ class EngineStats:
     # torch's CUDA caching allocator, read on every stats() call; None on CPU (nothing to report)
     gpu_memory_allocated_bytes: int | None = None
     gpu_memory_reserved_bytes: int | None = None
+    # per stream: new detections dropped at max_objects_per_stream since this actor started (all its sessions)
+    dropped_detections: dict[str, int] = field(default_factory=dict)
 
     def observe(self, batch: int, seconds: float, objects: int) -> None:
         self.steps += 1
@@ -99,13 +111,18 @@ class EngineActor:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.name = name
         self.loaded = load_model(settings.checkpoint, device=settings.device, dtype=settings.dtype)
-        video = settings.tracking.apply(self.loaded.config.video)
-        self.engine = StreamingEngine(self.loaded, settings.options, video=video)
+        self.compiled = None
+        if settings.compile:
+            from sam3_runtime.compile import compile_model
+
+            self.compiled = compile_model(self.loaded.model, self.loaded.device)
+        self.engine = StreamingEngine(self.loaded, settings.options, video=settings.video(self.loaded.config.video))
         self.max_batch = settings.max_batch
         self.max_wait_s = settings.max_wait_ms / 1000.0
         self._queue: deque = deque()  # (stream_id, frame, future), released in sequence order
         self._next_seq: dict[str, int] = {}  # per open session: the sequence number released next
         self._early: dict[str, dict[int, tuple]] = {}  # frames that arrived before their predecessors
+        self._dropped_seen: dict[str, int] = {}  # per open session: its dropped-detection count already in stats_
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
         self._sessions_lock = asyncio.Lock()  # a step and a session edit never overlap
@@ -118,7 +135,7 @@ class EngineActor:
         return {"name": self.name, "model": self.loaded.model_id, "device": str(self.loaded.device),
                 "random_weights": self.loaded.random_weights, "started": self._started,
                 "torch_threads": torch.get_num_threads(), "options": asdict(self.engine.options),
-                "video": asdict(self.engine.video)}
+                "video": asdict(self.engine.video), "compiled": None if self.compiled is None else asdict(self.compiled)}
 
     async def open(self, stream_id: str, concepts: list[str], detection_threshold: float | None = None) -> None:
         async with self._sessions_lock:
@@ -127,6 +144,7 @@ class EngineActor:
             self._forget(stream_id)
             self.engine.open_session(stream_id, concepts, detection_threshold=detection_threshold)
             self._next_seq[stream_id] = 0
+            self._dropped_seen[stream_id] = 0  # a new session counts from zero; the stream's total goes on
             self.stats_.streams = len(self.engine.stream_ids)
 
     async def close(self, stream_id: str) -> None:
@@ -153,6 +171,7 @@ class EngineActor:
     def _forget(self, stream_id: str) -> None:
         """Drop a session's sequencing state; its frames not stepped yet fail (their caller is gone)."""
         self._next_seq.pop(stream_id, None)
+        self._dropped_seen.pop(stream_id, None)
         waiting = [future for _, future in self._early.pop(stream_id, {}).values()]
         waiting += [future for sid, _, future in self._queue if sid == stream_id]
         self._queue = deque(req for req in self._queue if req[0] != stream_id)
@@ -190,6 +209,18 @@ class EngineActor:
             self._next_seq[stream_id] += 1
         self._wakeup.set()
         return await future
+
+    def _count_dropped(self, stream_ids: list[str]) -> None:
+        """Add the detections each stepped session dropped at its object cap to the stream's total."""
+        for sid in stream_ids:
+            if sid not in self.engine.stream_ids:
+                continue  # closed while its frame was being stepped
+            total = self.engine.session(sid).dropped.total
+            seen = self._dropped_seen.get(sid, 0)
+            new = total - seen if total >= seen else total  # a count below the last one: the session was reset
+            if new:
+                self._dropped_seen[sid] = total
+                self.stats_.dropped_detections[sid] = self.stats_.dropped_detections.get(sid, 0) + new
 
     def _batch_full(self) -> bool:
         """Whether waiting longer cannot make the next step bigger: every open session (``_next_seq``
@@ -245,5 +276,6 @@ class EngineActor:
                     fut.set_exception(e)
                 continue
             self.stats_.observe(len(batch), time.perf_counter() - started, objects)
+            self._count_dropped([sid for sid, _, _ in batch])
             for sid, _, fut in batch:
                 fut.set_result(results[sid])

@@ -9,7 +9,9 @@ start again from zero.
 ``sam3_engine_gpu_memory_bytes`` has samples only for engines on a CUDA device (on CPU there is
 no allocator to read). ``sam3_engine_restarts_total`` counts the restarts this collector saw: an
 engine whose ``started`` time changed between two polls was rebuilt by Ray (two restarts within
-one poll count once). The rule file and dashboard under ``deploy/`` use these names.
+one poll count once). ``sam3_engine_dropped_detections_total{stream}`` counts the new detections an
+engine dropped at ``engine.max_objects_per_stream`` (the session logs them at most once a minute).
+The rule file and dashboard under ``deploy/`` use these names.
 """
 
 from __future__ import annotations
@@ -143,6 +145,8 @@ class JobMetrics:
         restarted = CounterMetricFamily("sam3_engine_restarts", "Times Ray rebuilt the engine actor", labels=labels)
         memory = GaugeMetricFamily("sam3_engine_gpu_memory_bytes", "CUDA memory held by torch (absent on CPU)",
                                    labels=[*labels, "kind"])
+        dropped = CounterMetricFamily("sam3_engine_dropped_detections", "New detections dropped because the stream "
+                                      "tracked engine.max_objects_per_stream objects already", labels=[*labels, "stream"])
         for name, e in engines.items():
             batch.add_metric([self.job, name], _buckets(BATCH_SIZE_BUCKETS, e.batch_size_buckets), sum_value=e.frames)
             step.add_metric([self.job, name], _buckets(STEP_SECONDS_BUCKETS, e.step_seconds_buckets),
@@ -152,7 +156,9 @@ class JobMetrics:
             if e.gpu_memory_allocated_bytes is not None:
                 memory.add_metric([self.job, name, "allocated"], e.gpu_memory_allocated_bytes)
                 memory.add_metric([self.job, name, "reserved"], e.gpu_memory_reserved_bytes)
-        yield from (batch, step, tracked, restarted, memory)
+            for sid, count in sorted(e.dropped_detections.items()):
+                dropped.add_metric([self.job, name, sid], count)
+        yield from (batch, step, tracked, restarted, memory, dropped)
 
 
 def _buckets(bounds, counts) -> list[tuple[str, float]]:

@@ -9,6 +9,7 @@ knob set here reaches the engine unchanged.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -17,6 +18,11 @@ from pipeline.jobspec.common import Spec
 from pipeline.validation_errors import FieldProblem
 from sam3_runtime.config import VideoConfig
 from sam3_runtime.video.types import EngineOptions
+
+logger = logging.getLogger(__name__)
+
+# SAM 3's own max_num_objects is 10000: unbounded in practice, so one crowded scene could grow every step
+DEFAULT_MAX_OBJECTS_PER_STREAM = 64
 
 
 class TrackingSpec(Spec):
@@ -29,7 +35,7 @@ class TrackingSpec(Spec):
     association_iou: float | None = Field(None, gt=0, le=1)  # mask IoU tying a detection to a track (0.1)
     hotstart_delay: int | None = Field(None, ge=1)  # frames a new track stays tentative (15)
     recondition_every: int | None = Field(None, ge=0)  # re-anchor tracks on confident detections every N frames (16); 0: never
-    max_objects: int | None = Field(None, ge=1)  # objects tracked per stream; new ones beyond it are dropped (10000)
+    max_objects: int | None = Field(None, ge=1)  # deprecated: engine.max_objects_per_stream
 
     def apply(self, checkpoint: VideoConfig) -> VideoConfig:
         """``checkpoint``'s heuristics with the values set here."""
@@ -51,6 +57,9 @@ class EngineSpec(Spec):
     fill_holes: bool = True  # fill small holes and drop small specks in tracked masks
     non_overlapping: bool = True  # a pixel belongs to at most one object of a concept
     evict_after_frames: int | None = Field(300, ge=1)  # drop objects absent this long; null: keep every object
+    # objects tracked per stream (SAM 3's max_num_objects); new detections beyond it are dropped and counted
+    max_objects_per_stream: int = Field(DEFAULT_MAX_OBJECTS_PER_STREAM, ge=1)
+    compile: bool = False  # torch.compile the backbone and the tracker step (CUDA graphs on a GPU)
     tracking: TrackingSpec = TrackingSpec()
 
     @field_validator("hotstart", mode="before")
@@ -69,6 +78,21 @@ class EngineSpec(Spec):
             raise FieldProblem(("tracking", "hotstart_delay"), "has no effect with engine.hotstart: off (remove it, "
                                "or set engine.hotstart: tentative)")
         return self
+
+    @model_validator(mode="after")
+    def _one_object_cap(self) -> EngineSpec:
+        if self.tracking.max_objects is None:
+            return self
+        if "max_objects_per_stream" in self.model_fields_set:
+            raise FieldProblem(("tracking", "max_objects"), "is the old name of engine.max_objects_per_stream, "
+                               "which is set too: remove engine.tracking.max_objects")
+        logger.warning("engine.tracking.max_objects is deprecated: rename it to engine.max_objects_per_stream")
+        return self
+
+    @property
+    def objects_per_stream(self) -> int:
+        """The cap on objects per stream: ``max_objects_per_stream``, or the deprecated ``tracking.max_objects``."""
+        return self.tracking.max_objects if self.tracking.max_objects is not None else self.max_objects_per_stream
 
     def engine_options(self) -> EngineOptions:
         return EngineOptions(hotstart_mode=self.hotstart, detection_nms=self.detection_nms,

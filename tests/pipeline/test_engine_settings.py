@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.engine_actor import EngineSettings
@@ -22,18 +24,18 @@ engine:
   fill_holes: false
   non_overlapping: false
   evict_after_frames: 50
+  max_objects_per_stream: 12
   tracking:
     new_object_threshold: 0.6
     association_iou: 0.25
     hotstart_delay: 7
     recondition_every: 0
-    max_objects: 12
 """
 
 # job file key -> (VideoConfig field, the value TUNED sets)
 TRACKING = {"new_object_threshold": ("new_det_thresh", 0.6), "association_iou": ("assoc_iou_thresh", 0.25),
             "hotstart_delay": ("hotstart_delay", 7), "recondition_every": ("recondition_every_nth_frame", 0),
-            "max_objects": ("max_num_objects", 12)}
+            "max_objects_per_stream": ("max_num_objects", 12)}
 
 
 def test_defaults_leave_the_engine_as_it_was():
@@ -42,6 +44,10 @@ def test_defaults_leave_the_engine_as_it_was():
     checkpoint = dataclasses.replace(VideoConfig(), new_det_thresh=0.65, max_num_objects=99)
     assert job.engine.tracking.apply(checkpoint) == checkpoint  # unset keys keep the checkpoint's values
     assert parse_job(BASE + "engine:\n  tracking:\n", env={}).engine.tracking.apply(checkpoint) == checkpoint
+    settings = EngineSettings.from_job(job)
+    # the one default that differs from the checkpoint: a finite cap on objects per stream, not SAM 3's 10000
+    assert settings.video(checkpoint) == dataclasses.replace(checkpoint, max_num_objects=64)
+    assert not settings.compile
 
 
 def test_every_knob_reaches_the_engine_settings():
@@ -51,7 +57,7 @@ def test_every_knob_reaches_the_engine_settings():
                                              non_overlapping=False, evict_after_frames=50)
     assert (settings.checkpoint, settings.device, settings.dtype) == ("facebook/sam3", "auto", "auto")
     assert (settings.max_batch, settings.max_wait_ms) == (3, 7.0)
-    video = settings.tracking.apply(VideoConfig())
+    video = settings.video(VideoConfig())
     assert {name: getattr(video, name) for name, _ in TRACKING.values()} == dict(TRACKING.values())
     untouched = [f.name for f in dataclasses.fields(VideoConfig) if f.name not in dict(TRACKING.values())]
     assert all(getattr(video, f) == getattr(VideoConfig(), f) for f in untouched)
@@ -73,8 +79,9 @@ def test_engine_actor_runs_with_the_job_settings(ray_session, tmp_path):
     finally:
         ray.kill(engine)
     assert info["options"] == dataclasses.asdict(job.engine.engine_options())
-    expected = job.engine.tracking.apply(load_model(str(checkpoint), device="cpu").config.video)
+    expected = EngineSettings.from_job(job).video(load_model(str(checkpoint), device="cpu").config.video)
     assert info["video"] == dataclasses.asdict(expected)
+    assert info["compiled"] is None  # engine.compile is off by default
     assert {info["video"][name] for name, _ in TRACKING.values()} == {v for _, v in TRACKING.values()}
 
 
@@ -96,6 +103,11 @@ def _error(tmp_path: Path, text: str) -> JobSpecError:
     ("engine:\n  tracking:\n    association_iou: 0\n", "association_iou", "engine.tracking.association_iou",
      ["greater than 0"]),
     ("engine:\n  tracking:\n    max_objects: 0\n", "max_objects", "engine.tracking.max_objects", ["at least 1"]),
+    ("engine:\n  max_objects_per_stream: 0\n", "max_objects_per_stream", "engine.max_objects_per_stream",
+     ["at least 1"]),
+    ("engine:\n  max_objects_per_stream: 5\n  tracking:\n    max_objects: 9\n", "max_objects:",
+     "engine.tracking.max_objects", ["old name of engine.max_objects_per_stream", "remove engine.tracking.max_objects"]),
+    ("engine:\n  compile: fast\n", "compile", "engine.compile", ["expected a boolean"]),
     ("engine:\n  tracking:\n    recondition_every: -1\n", "recondition_every", "engine.tracking.recondition_every",
      ["at least 0"]),
     ("engine:\n  tracking:\n    hotstart_delay: 2.5\n", "hotstart_delay", "engine.tracking.hotstart_delay",
@@ -114,3 +126,72 @@ def test_bad_engine_knobs_name_the_field_and_the_fix(tmp_path, engine, needle, f
     assert str(error).startswith(f"{tmp_path / 'job.yaml'}:{line}: {field}: "), str(error)
     for fragment in fragments:
         assert fragment in error.problem, (fragment, str(error))
+
+
+def test_the_old_object_cap_key_still_works_and_says_its_new_name(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.jobspec.engine"):
+        job = parse_job(BASE + "engine:\n  tracking:\n    max_objects: 9\n", env={})
+    assert "engine.tracking.max_objects is deprecated: rename it to engine.max_objects_per_stream" in caplog.text
+    assert EngineSettings.from_job(job).video(VideoConfig()).max_num_objects == 9
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.jobspec.engine"):
+        parse_job(BASE + "engine:\n  max_objects_per_stream: 9\n", env={})
+    assert "deprecated" not in caplog.text
+
+
+def _dropped_in_process(checkpoint, frames, cap: int) -> tuple[int, int]:
+    """Detections dropped at ``cap`` by a plain engine over ``frames``: in a first session, and in a second one."""
+    from sam3_runtime.model import load_model
+    from sam3_runtime.video.engine import StreamingEngine
+
+    loaded = load_model(str(checkpoint), device="cpu")
+    engine = StreamingEngine(loaded, video=dataclasses.replace(loaded.config.video, max_num_objects=cap))
+    totals = []
+    for _ in range(2):  # the stream re-opens its session (as after its own restart) between the two runs
+        engine.open_session("cam", ["red square"], detection_threshold=0.05)
+        for frame in frames:
+            engine.step({"cam": frame})
+        totals.append(engine.session("cam").dropped.total)
+        engine.close_session("cam")
+    return totals[0], totals[1]
+
+
+def test_dropped_detections_reach_the_metrics_endpoint_per_stream(ray_session, tmp_path):
+    from pipeline.engine_actor import EngineActor
+    from pipeline.metrics import JobMetrics
+    from sam3_runtime.model import write_random_checkpoint
+    from tests.net import free_port, scrape
+
+    ray = ray_session
+    checkpoint = write_random_checkpoint(tmp_path / "tiny")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(3)]
+    first, second = _dropped_in_process(checkpoint, frames, cap=1)
+    assert first > 0 and second > 0, "a random model at threshold 0.05 finds more than one object"
+    job = parse_job(BASE + f"model:\n  checkpoint: {checkpoint}\n  device: cpu\n"
+                           "engine:\n  max_objects_per_stream: 1\n", env={})
+    engine = EngineActor.remote(EngineSettings.from_job(job))
+    try:
+        for _ in range(2):
+            ray.get(engine.open.remote("cam", ["red square"], 0.05), timeout=300)
+            ray.get(engine.open.remote("quiet", []), timeout=300)
+            for seq, frame in enumerate(frames):
+                ray.get([engine.process.remote("cam", seq, frame), engine.process.remote("quiet", seq, frame)],
+                        timeout=300)
+            stats = ray.get(engine.stats.remote(), timeout=60)
+        # the stream's count goes on over its re-opened session; a stream that dropped nothing has no sample
+        assert stats.dropped_detections == {"cam": first + second}
+    finally:
+        ray.kill(engine)
+    metrics = JobMetrics("lobby")
+    metrics.update({}, {"engine-0": stats})
+    port = free_port()
+    metrics.serve(port, "127.0.0.1")
+    try:
+        got = scrape(port)
+    finally:
+        metrics.close()
+    key = ("sam3_engine_dropped_detections_total", (("engine", "engine-0"), ("job", "lobby"), ("stream", "cam")))
+    assert got[key] == first + second
+    assert not any(name == "sam3_engine_dropped_detections_total" and ("stream", "quiet") in labels
+                   for name, labels in got)
