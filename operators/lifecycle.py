@@ -40,13 +40,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from operators.records import Event, TrackObservation
 from operators.relink import Box, match_tracks
 from operators.stream_events import StreamEvents
 from operators.watchlist_rules import ZONE_ANCHORS, WatchRule, ZoneAnchor
-from sam3_runtime.masks import encode_rle
 from sam3_runtime.video.types import FrameResult, TrackedObject
 
 logger = logging.getLogger(__name__)
@@ -354,16 +351,14 @@ class StreamTracks(StreamEvents):
     ) -> list[TrackObservation]:
         if not published:
             return []
-        masks = np.stack([np.asarray(obj.mask, dtype=bool) for _, obj in published])
-        rles = encode_rle(masks)
-        areas = masks.reshape(len(masks), -1).sum(axis=1)
         return [
             TrackObservation(
                 job=self.job, stream_id=self.stream_id, source=self.source, frame_index=index, pts_s=pts_s,
                 ingest_ts=ingest_ts, track_id=track.durable_id, concept=track.concept, score=float(obj.score),
-                box_xyxy=tuple(float(v) for v in obj.box_xyxy), mask=dict(rle), area_px=int(area), model=self.model,
+                box_xyxy=tuple(float(v) for v in obj.box_xyxy), mask=dict(obj.rle()), area_px=obj.area_px,
+                model=self.model,
             )
-            for (track, obj), rle, area in zip(published, rles, areas, strict=True)
+            for track, obj in published
         ]
 
     def _start_event(self, track: _Track, index: int, pts_s: float, ts: datetime) -> Event:

@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from operators.records import MASK_TYPE
-from sam3_runtime.masks import encode_rle
 from sam3_runtime.video.types import FrameResult
 
 TRACK_SCHEMA = pa.schema([
@@ -29,11 +28,8 @@ TRACK_SCHEMA = pa.schema([
 
 def frame_records(result: FrameResult, pts_s: float | None, frame_index: int | None = None) -> list[dict[str, Any]]:
     """One record per object of a frame, masks as COCO compressed RLE."""
-    import numpy as np
-
     if not result.objects:
         return []
-    rles = encode_rle(np.stack([o.mask for o in result.objects]))
     index = result.frame_index if frame_index is None else frame_index
     return [
         {
@@ -45,10 +41,10 @@ def frame_records(result: FrameResult, pts_s: float | None, frame_index: int | N
             "tracker_score": round(o.tracker_score, 6),
             "tentative": o.tentative,
             "box_xyxy": [round(v, 2) for v in o.box_xyxy],
-            "mask": dict(rle),
-            "area_px": int(o.mask.sum()),
+            "mask": dict(o.rle()),
+            "area_px": o.area_px,
         }
-        for o, rle in zip(result.objects, rles, strict=True)
+        for o in result.objects
     ]
 
 

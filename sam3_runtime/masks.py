@@ -1,42 +1,26 @@
 """Mask utilities: COCO RLE, boxes from masks, IoU and mask NMS.
 
-RLE goes through pycocotools so every consumer that decodes COCO masks reads ours.
-NMS and IoU are plain torch on the model's device (no compiled kernels to fetch).
+RLE lives in the torch-free ``sam3_runtime.rle`` (stream-side code reads masks there); this
+module re-exports it and also takes torch tensors. NMS and IoU are plain torch on the model's
+device (no compiled kernels to fetch).
 """
 
 from __future__ import annotations
 
-from typing import TypedDict
-
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 
+from sam3_runtime.rle import RLE, decode_rle
+from sam3_runtime.rle import encode_rle as _encode_rle
 
-class RLE(TypedDict):
-    size: list[int]
-    counts: str
+__all__ = ["RLE", "decode_rle", "encode_rle", "mask_iou", "mask_nms", "masks_to_boxes"]
 
 
 def encode_rle(masks: torch.Tensor | np.ndarray) -> list[RLE]:
     """COCO compressed RLE of boolean masks ``[N, H, W]`` (``counts`` as a str, JSON-ready)."""
     if isinstance(masks, torch.Tensor):
         masks = masks.detach().to("cpu", torch.bool).numpy()
-    if masks.ndim != 3:
-        raise ValueError(f"expected masks of shape [N, H, W], got {tuple(masks.shape)}")
-    if len(masks) == 0:
-        return []
-    # pycocotools wants Fortran order uint8 [H, W, N]
-    encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in encoded]
-
-
-def decode_rle(rles: list[RLE]) -> np.ndarray:
-    """Boolean masks ``[N, H, W]`` from COCO RLEs (compressed string or bytes counts)."""
-    if not rles:
-        return np.zeros((0, 0, 0), dtype=bool)
-    coco = [{"size": r["size"], "counts": r["counts"].encode("ascii") if isinstance(r["counts"], str) else r["counts"]} for r in rles]
-    return mask_utils.decode(coco).transpose(2, 0, 1).astype(bool)
+    return _encode_rle(masks)
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

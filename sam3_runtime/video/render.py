@@ -1,8 +1,11 @@
 """Turning a step's low-resolution mask logits into frame-size output masks, all sessions at once.
 
 The engine hands over one :class:`RenderItem` per session (logits still on the device) and gets
-back one :class:`RenderedMasks` each: which objects kept at least one pixel, their tight boxes and
-their masks at frame resolution.
+back one :class:`RenderedMasks` each. Everything heavy stays on the device: bilinear upsampling
+(chunked, so only a bounded slab of float pixels exists at a time), thresholding into bool, the
+non-overlap rule, tight boxes, areas and bit-packing. The host then gets ONE copy per step
+(``host_reads.to_host``) of packed masks (8 pixels a byte, ``sam3_runtime.rle.pack_mask``'s
+layout), boxes and areas, instead of a bool byte per pixel per session.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam3_runtime.host_reads import to_host
 from sam3_runtime.masks import masks_to_boxes
-from sam3_runtime.video.heuristics import non_overlapping
 from sam3_runtime.video.types import FrameResult, TrackedObject
+
+# Float pixels upsampled at once (256 MB in float32): bounds the transient full-resolution logits.
+UPSAMPLE_CHUNK_ELEMENTS = 1 << 26
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' big-endian bit order
 
 
 @dataclass
@@ -34,7 +41,9 @@ class RenderedMasks:
 
     kept: list[int]  # indices into the item's objects
     boxes: list[tuple[float, float, float, float]]  # tight xyxy box of each kept mask, pixels
-    masks: np.ndarray  # [K, H, W] bool
+    areas: list[int]  # pixels of each kept mask
+    packed: np.ndarray  # [K, ceil(H*W/8)] uint8, one packed mask per kept object
+    size: tuple[int, int]  # (H, W)
 
 
 @dataclass
@@ -50,30 +59,112 @@ class PendingResult:
 
     def result_with(self, masks: RenderedMasks) -> FrameResult:
         """The result with every object that kept a pixel, in the engine's output order."""
-        for k, (i, box) in enumerate(zip(masks.kept, masks.boxes, strict=True)):
+        for k, i in enumerate(masks.kept):
             self.result.objects.append(TrackedObject(
                 track_id=int(self.ids[i]), concept=self.concepts[i], score=float(self.scores[i]),
-                tracker_score=float(self.tracker_scores[i]), box_xyxy=box, mask=masks.masks[k],
-                tentative=bool(self.tentative[i]),
+                tracker_score=float(self.tracker_scores[i]), box_xyxy=masks.boxes[k], packed_mask=masks.packed[k],
+                mask_size=masks.size, area_px=masks.areas[k], tentative=bool(self.tentative[i]),
             ))
         return self.result
 
 
 def render_step(items: list[RenderItem], non_overlapping_masks: bool) -> list[RenderedMasks]:
-    """Frame-size masks of every item: bilinear upsample, threshold at 0, then (optionally) give each
-    contested pixel to the object with the highest tracker score of its group."""
-    return [_render_one(item, non_overlapping_masks) for item in items]
+    """Frame-size masks of every item: bilinear upsample, threshold at 0, then (optionally, for items with
+    more than one object) give each contested pixel to the object with the highest tracker score of its
+    group. Items of one frame size (and logit size) are rendered together; one host read in all."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        if item.low_res.shape[0]:
+            key = (tuple(item.low_res.shape[1:]), tuple(item.size), item.low_res.dtype, item.low_res.device)
+            by_shape.setdefault(key, []).append(i)
+    batches = [(members, _render_batch([items[i] for i in members], non_overlapping_masks))
+               for members in by_shape.values()]
+    host = to_host(*[t for _, tensors in batches for t in tensors]) if batches else []
+    out = [_empty(item.size) for item in items]
+    for b, (members, _) in enumerate(batches):
+        packed, boxes, areas = host[3 * b: 3 * b + 3]
+        start = 0
+        for i in members:
+            m = items[i].low_res.shape[0]
+            out[i] = _rendered(packed[start:start + m], boxes[start:start + m], areas[start:start + m], items[i].size)
+            start += m
+    return out
 
 
-def _render_one(item: RenderItem, non_overlapping_masks: bool) -> RenderedMasks:
-    h, w = item.size
-    if item.low_res.shape[0] == 0:
-        return RenderedMasks(kept=[], boxes=[], masks=np.zeros((0, h, w), dtype=bool))
-    masks = F.interpolate(item.low_res[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0] > 0
-    if non_overlapping_masks and masks.shape[0] > 1:
-        masks = non_overlapping(masks, item.tracker_scores, item.groups)
+def _empty(size: tuple[int, int]) -> RenderedMasks:
+    return RenderedMasks(kept=[], boxes=[], areas=[], packed=np.zeros((0, (size[0] * size[1] + 7) // 8), np.uint8),
+                         size=size)
+
+
+def _rendered(packed: np.ndarray, boxes: np.ndarray, areas: np.ndarray, size: tuple[int, int]) -> RenderedMasks:
     # an object with no pixel left (empty, or every pixel owned by a stronger one) is not reported
-    kept = torch.nonzero(masks.flatten(1).any(1)).flatten().tolist()
-    boxes = masks_to_boxes(masks).tolist()
-    masks_np = masks.cpu().numpy()
-    return RenderedMasks(kept=kept, boxes=[tuple(boxes[i]) for i in kept], masks=masks_np[kept])
+    kept = np.flatnonzero(areas > 0)
+    return RenderedMasks(kept=kept.tolist(), boxes=[tuple(b) for b in boxes[kept].tolist()],
+                         areas=areas[kept].tolist(), packed=packed[kept], size=size)
+
+
+def _render_batch(items: list[RenderItem], non_overlapping_masks: bool) -> tuple[torch.Tensor, ...]:
+    """Packed masks ``[M, B]`` uint8, boxes ``[M, 4]`` float32, areas ``[M]`` int64 of items sharing a size."""
+    masks = upsample_threshold(torch.cat([it.low_res for it in items]), items[0].size)
+    if non_overlapping_masks:
+        device = masks.device
+        # objects of one segment compete for pixels: same item and group; items of one object are left alone
+        counts = [it.low_res.shape[0] for it in items]
+        contested = torch.tensor([c > 1 for c in counts for _ in range(c)], device=device)
+        item_index = torch.repeat_interleave(torch.arange(len(items), device=device),
+                                             torch.tensor(counts, device=device))
+        scores = torch.cat([it.tracker_scores.to(device, torch.float32) for it in items])
+        groups = torch.cat([it.groups.to(device, torch.long) for it in items])
+        owned = exclusive_owner(masks, scores, item_index * (groups.max() - groups.min() + 1) + groups - groups.min())
+        masks = torch.where(contested[:, None, None], owned, masks)
+    boxes = masks_to_boxes(masks)
+    areas = masks.flatten(1).sum(1)
+    return pack_bits(masks), boxes, areas
+
+
+def upsample_threshold(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """bool ``[M, H, W]``: ``low_res [M, h, w]`` logits bilinearly upsampled to ``size`` and thresholded at 0."""
+    m = low_res.shape[0]
+    out = torch.empty((m, *size), dtype=torch.bool, device=low_res.device)
+    step = max(1, UPSAMPLE_CHUNK_ELEMENTS // max(1, size[0] * size[1]))
+    for start in range(0, m, step):
+        chunk = low_res[start:start + step, None]
+        out[start:start + step] = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)[:, 0] > 0
+    return out
+
+
+def exclusive_owner(masks: torch.Tensor, scores: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """Each pixel to at most one object of each segment: the one with the highest score, ties to the lowest
+    index; an object whose score is not positive owns nothing (``heuristics.non_overlapping`` on bool masks).
+
+    Objects are sorted by (segment, score descending, index) and a pixel is owned by the first object of
+    its segment that covers it: a cumulative max over ``segment + 1`` where the mask is set (one byte a
+    pixel while segments fit) finds whether an earlier object of the same segment already holds it.
+    """
+    n = masks.shape[0]
+    if n == 0:
+        return masks
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(segments[order], stable=True).indices]
+    seg = segments[order]
+    # dense 1-based segment numbers along the sorted order (nondecreasing)
+    rank = torch.cumsum(torch.cat([seg.new_ones(1), (seg[1:] != seg[:-1]).long()]), 0)
+    dtype = torch.uint8 if n < 255 else torch.int32
+    rank = rank.to(dtype)[:, None, None]
+    sorted_masks = masks[order] & (scores[order] > 0)[:, None, None]
+    held = torch.cummax(torch.where(sorted_masks, rank, torch.zeros((), dtype=dtype, device=masks.device)), 0).values
+    taken_before = torch.cat([torch.zeros_like(held[:1]), held[:-1]]) == rank
+    owned = torch.empty_like(masks)
+    owned[order] = sorted_masks & ~taken_before
+    return owned
+
+
+def pack_bits(masks: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[M, ceil(H*W/8)]``: each bool ``[H, W]`` mask packed as ``np.packbits`` packs it flattened."""
+    m = masks.shape[0]
+    flat = masks.reshape(m, -1).to(torch.uint8)
+    pad = -flat.shape[1] % 8
+    if pad:
+        flat = F.pad(flat, (0, pad))
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=masks.device)
+    return (flat.view(m, -1, 8) * weights).sum(-1, dtype=torch.uint8)

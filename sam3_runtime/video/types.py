@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from sam3_runtime.rle import RLE, pack_mask, packed_rle, unpack_mask
 
 # The concept name of objects started from a box or point prompt rather than a concept; it is
 # "box" for both because records and their consumers already read that value.
@@ -36,15 +38,38 @@ class EngineOptions:
 
 @dataclass(frozen=True)
 class TrackedObject:
-    """One object on one frame. ``mask`` is boolean at the frame's resolution."""
+    """One object on one frame: plain numbers and its mask bit-packed (8 pixels a byte).
+
+    The mask travels packed (``sam3_runtime.rle.pack_mask``'s layout) because every frame's
+    objects cross from the engine's process to the stream's; ``mask`` unpacks it to a boolean
+    ``[H, W]`` array at the frame's resolution, ``rle()`` gives its COCO RLE.
+    """
 
     track_id: int
     concept: str
     score: float  # detection score when the track started (SAM 3's object score)
     tracker_score: float  # the tracker's confidence on this frame
     box_xyxy: tuple[float, float, float, float]  # tight box of the mask, pixels
-    mask: np.ndarray
+    packed_mask: np.ndarray  # uint8 [ceil(H*W/8)]
+    mask_size: tuple[int, int]  # (H, W)
+    area_px: int  # pixels in the mask
     tentative: bool = False  # may still be retracted by hot-start
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray, **fields: Any) -> TrackedObject:
+        """An object from a boolean ``[H, W]`` mask (``fields``: the other fields but the mask's)."""
+        mask = np.asarray(mask, dtype=bool)
+        return cls(packed_mask=pack_mask(mask), mask_size=(int(mask.shape[0]), int(mask.shape[1])),
+                   area_px=int(np.count_nonzero(mask)), **fields)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Boolean ``[H, W]`` (a fresh array on each call)."""
+        return unpack_mask(self.packed_mask, self.mask_size)
+
+    def rle(self) -> RLE:
+        """The mask's COCO compressed RLE (``counts`` as a str)."""
+        return packed_rle(self.packed_mask, self.mask_size)
 
 
 @dataclass

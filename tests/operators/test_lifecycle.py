@@ -36,8 +36,8 @@ def obj(track_id, score=0.9, box=(10, 10, 20, 30), concept="person", tentative=F
         mask = np.zeros((H, W), dtype=bool)
         x0, y0, x1, y1 = box
         mask[y0:y1, x0:x1] = True
-    return TrackedObject(track_id=track_id, concept=concept, score=score, tracker_score=score,
-                         box_xyxy=tuple(float(v) for v in box), mask=mask, tentative=tentative)
+    return TrackedObject.from_mask(mask, track_id=track_id, concept=concept, score=score, tracker_score=score,
+                                   box_xyxy=tuple(float(v) for v in box), tentative=tentative)
 
 
 def frame(tracks, index, objects=(), retracted=()):

@@ -103,9 +103,9 @@ def _engine_answer(index: int) -> FrameResult:
         x0, y0 = (k * 7 + age) % (width - 12), (k * 5 + age // 2) % (height - 10)
         mask = np.zeros((height, width), dtype=bool)
         mask[y0:y0 + 10, x0:x0 + 12] = True
-        objects.append(TrackedObject(
-            track_id=k, concept=("red square", "green disc")[k % 2], score=0.5 + 0.01 * (k % 7),
-            tracker_score=0.9, box_xyxy=(float(x0), float(y0), float(x0 + 12), float(y0 + 10)), mask=mask,
+        objects.append(TrackedObject.from_mask(
+            mask, track_id=k, concept=("red square", "green disc")[k % 2], score=0.5 + 0.01 * (k % 7),
+            tracker_score=0.9, box_xyxy=(float(x0), float(y0), float(x0 + 12), float(y0 + 10)),
             tentative=tentative,
         ))
     return FrameResult("cam", index, width, height, objects, retracted_ids=retracted)
