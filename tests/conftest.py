@@ -7,6 +7,34 @@ import pytest
 pytest_plugins = ["tests.s3_server"]  # s3_server, s3_env: a real S3-compatible server for storage tests
 
 
+def pytest_configure(config):
+    """Check SAM3_TEST_DEVICE / SAM3_TEST_DTYPE once, before collection: an unusable device is one
+    usage error, not a failure in every model test."""
+    from tests.devices import DeviceUnavailable, configure_backends, from_env
+
+    try:
+        target = from_env()
+    except DeviceUnavailable as e:
+        raise pytest.UsageError(str(e)) from None
+    configure_backends(target)
+
+
+def pytest_report_header(config):
+    from tests.devices import from_env
+
+    target = from_env()
+    return f"model tests on: {target.describe()}" + ("" if target.is_reference else f" ({target.tolerance.why})")
+
+
+@pytest.fixture(scope="session")
+def test_device():
+    """Where the parity and engine tests run (tests/devices.py): CPU float32 unless SAM3_TEST_DEVICE /
+    SAM3_TEST_DTYPE say otherwise."""
+    from tests.devices import from_env
+
+    return from_env()
+
+
 @pytest.fixture
 def hf_roi_align(monkeypatch):
     """Give transformers' SAM 3 a torchvision-exact ROI align (torchvision cannot be installed here)."""

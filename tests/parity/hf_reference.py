@@ -41,17 +41,19 @@ def hf_video_config(config: Sam3Config):
 
 
 def hf_video_model(config: Sam3Config, seed: int = 0, scale: float = 0.1):
-    """A randomly initialised ``transformers.Sam3VideoModel`` in eval mode (fp32, CPU).
+    """A randomly initialised ``transformers.Sam3VideoModel`` in eval mode, on torch's default device
+    in its default dtype: CPU float32, or the test device inside the parity tests (tests/devices.py).
 
     ``scale`` is the standard deviation of the random weights: 0.1 keeps tiny models'
     activations lively; deep full-size models need about 0.02 to stay well conditioned.
+    The weights are drawn on the CPU in float32, so they are the same on every device (up to rounding).
     """
     from transformers import Sam3VideoModel
 
     torch.manual_seed(seed)
     model = Sam3VideoModel(hf_video_config(config)).eval()
     randomize_weights(model, seed, scale)
-    return model
+    return model.to(device=torch.get_default_device(), dtype=torch.get_default_dtype())
 
 
 def randomize_weights(model: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
@@ -60,15 +62,14 @@ def randomize_weights(model: torch.nn.Module, seed: int, scale: float = 0.1) -> 
     transformers zero-initialises some layers (biases, layer scales, some embeddings);
     parity on zeros proves little, so every float parameter gets small random values.
     """
-    g = torch.Generator().manual_seed(seed + 1)
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not p.is_floating_point():
                 continue
-            if name.endswith("weight") and "norm" in name:
-                p.copy_(1.0 + scale * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(scale * torch.randn(p.shape, generator=g))
+            # drawn in float32 on the CPU whatever the model's device and dtype, then copied over
+            noise = scale * torch.randn(p.shape, generator=g, device="cpu", dtype=torch.float32)
+            p.copy_(1.0 + noise if name.endswith("weight") and "norm" in name else noise)
 
 
 def hf_detector_state_dict(hf_video) -> dict[str, torch.Tensor]:
