@@ -325,8 +325,9 @@ def gather_banks(entries: Sequence[tuple[ObjectMemory, Rows, int]]) -> MemoryBan
     entries: ``(memory, rows, frame_idx)`` per stream, ``frame_idx`` being the frame that
     stream is tracking now. All memories must share geometry, dtypes and device. Slots that no
     object of the batch uses are dropped; the rest are masked per object (``*_valid``; None
-    when nothing is masked). Each stream's memories are copied once, straight into the batch;
-    all indices, offsets and masks reach the device in one transfer.
+    when nothing is masked; ``*_valid_host``: the same tables as numpy arrays, so the tracker
+    groups objects by layout without a device read). Each stream's memories are copied once,
+    straight into the batch; all indices, offsets and masks reach the device in one transfer.
     """
     if not entries:
         raise ValueError("no memories to gather")
@@ -367,4 +368,7 @@ def gather_banks(entries: Sequence[tuple[ObjectMemory, Rows, int]]) -> MemoryBan
         pointers=pointers,
         pointer_offsets=None if pointers is None else p_off_t.view(n, -1),
         pointer_valid=None if pointers is None or p_valid.all() else p_valid_t.view(n, -1).bool(),
+        # the layout on the host too: the tracker groups objects by it without reading the device
+        spatial_valid_host=None if spatial is None else s_valid,
+        pointer_valid_host=None if pointers is None else p_valid,
     )

@@ -127,7 +127,8 @@ def propagate(
     idx = _index(frame_index, frame_feats.features.device)
     bank = banks if isinstance(banks, MemoryBank) else gather_banks(banks)
     feats, high_res = frame_feats.per_object(idx)
-    conditioned = tracker.condition_on_memory(feats, frame_feats.position, bank)
+    # the frames themselves, not per-object copies: layer 0's self-attention runs once per frame
+    conditioned = tracker.condition_on_memory(frame_feats.features, frame_feats.position, bank, frame_index=idx)
     out = tracker.decode_masks(
         conditioned,
         high_res,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,7 +32,14 @@ from sam3_runtime.modeling.position import sine_encoding_1d
 
 from .common import MLP, NO_OBJECT_SCORE, resize_masks
 from .mask_decoder import MaskDecoder, MaskDecoderOutput
-from .memory_attention import MEMORY_KV_DIM, MemoryAttention
+from .memory_attention import (
+    MEMORY_KV_DIM,
+    MemoryAttention,
+    group_by_layout,
+    host_validity,
+    indices_to_device,
+    layout_indices,
+)
 from .memory_encoder import MemoryEncoder
 from .prompt_encoder import PromptEncoder, RandomFourierEncoding
 
@@ -73,6 +81,10 @@ class MemoryBank:
     pointers: Tensor | None = None  # [N, P, C]
     pointer_offsets: Tensor | None = None  # [N, P] int or float
     pointer_valid: Tensor | None = None  # [N, P] bool
+    # the same validity as host arrays (``gather_banks`` fills them): grouping objects by layout
+    # then needs no device read
+    spatial_valid_host: np.ndarray | None = None  # [N, S] bool
+    pointer_valid_host: np.ndarray | None = None  # [N, P] bool
 
 
 class TrackerModel(nn.Module):
@@ -98,6 +110,7 @@ class TrackerModel(nn.Module):
         self.no_object_pointer = nn.Parameter(torch.zeros(1, c))
         # brings a full-resolution mask prompt to the SAM logit scale at stride 4
         self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
+        self._sine_cache: dict[tuple, Tensor] = {}  # memory sine encodings per geometry, not in the state dict
         self.object_pointer_proj = MLP(c, c, c, 3)
         if cfg.enable_temporal_pos_encoding_for_object_pointers:
             self.temporal_positional_encoding_projection_layer: nn.Module = nn.Linear(c, cm)
@@ -265,84 +278,107 @@ class TrackerModel(nn.Module):
         return EncodedMemory(memory, pos)
 
     def condition_on_memory(
-        self, features: Tensor, feature_pos: Tensor, bank: MemoryBank, max_pointer_offset: float | None = None
+        self,
+        features: Tensor,
+        feature_pos: Tensor,
+        bank: MemoryBank,
+        max_pointer_offset: float | None = None,
+        frame_index: Tensor | None = None,
     ) -> Tensor:
         """Fuse the current frame features with each object's memories (memory attention).
 
-        features / feature_pos: ``[N or 1, C, h, w]`` raw lowest-resolution features of the
-        objects' frames and their sine position encoding. bank: see ``MemoryBank``.
-        max_pointer_offset: normaliser of pointer distances; default
+        features / feature_pos: ``[F, C, h, w]`` / ``[1 or F, C, h, w]`` raw lowest-resolution
+        features of the objects' frames and their sine position encoding. frame_index: ``[N]``
+        which frame each object reads; without it F is 1 (or a view expanded over the objects)
+        or F = N in object order. Layer 0's self-attention runs once per frame. bank: see
+        ``MemoryBank``; objects are grouped by memory layout on the host, so attention runs
+        unmasked. max_pointer_offset: normaliser of pointer distances; default
         ``max_object_pointers_in_encoder - 1`` (the streaming setting). Objects with no valid
         memory at all get ``no_memory_features``. Returns ``[N, C, h, w]``.
         """
-        if self.num_maskmem == 0:
-            return features
-        _, c, h, w = features.shape
+        if self.num_maskmem == 0 or (_entries(bank.spatial) == 0 and _entries(bank.pointers) == 0):
+            picked = features if frame_index is None else features.index_select(0, frame_index.to(features.device))
+            return self.no_memory_features(picked) if self.num_maskmem else picked
+        if frame_index is None and (features.shape[0] == 1 or features.stride(0) == 0):
+            features, feature_pos = features[:1], feature_pos[:1]
+        f, c, h, w = features.shape
         cm, dtype, device, grid = self.mem_dim, features.dtype, features.device, h * w
         if cm != MEMORY_KV_DIM or c % cm:
             raise ValueError(
                 f"memory attention needs {MEMORY_KV_DIM}-channel memories and a hidden size divisible by "
                 f"them; this config has memory_encoder_output_channels={cm}, hidden size {c}"
             )
-        memories: list[Tensor] = []
-        positions: list[Tensor] = []
-        valids: list[Tensor | None] = []
-        num_ptr_tokens = 0
-        if bank.spatial is not None and bank.spatial.shape[1] > 0:
-            n, s = bank.spatial.shape[:2]
-            memories.append(bank.spatial.to(dtype).permute(0, 1, 3, 4, 2).reshape(n, s * grid, cm))
-            sine = self.memory_encoder.position_encoding(h, w, device=device, dtype=dtype).flatten(2).transpose(1, 2)
-            slot = torch.remainder(bank.spatial_offsets.long() - 1, self.num_maskmem)
-            temporal = self.memory_temporal_positional_encoding.to(dtype).reshape(self.num_maskmem, cm)[slot]
-            positions.append((sine[:, None] + temporal[:, :, None]).reshape(n, s * grid, cm))
-            valid = bank.spatial_valid
-            valids.append(None if valid is None else valid.repeat_interleave(grid, dim=1))
-        if bank.pointers is not None and bank.pointers.shape[1] > 0:
-            n, p = bank.pointers.shape[:2]
-            splits = c // cm
-            if self.cfg.enable_temporal_pos_encoding_for_object_pointers:
-                norm = (
-                    max_pointer_offset
-                    if max_pointer_offset is not None
-                    else self.cfg.max_object_pointers_in_encoder - 1
-                )
-                pe = sine_encoding_1d(bank.pointer_offsets.float() / float(norm), c).to(dtype)
-                ptr_pos = self.temporal_positional_encoding_projection_layer(pe)
-            else:
-                ptr_pos = bank.pointers.new_zeros(n, p, cm, dtype=dtype)
-            # a C-wide pointer becomes C / Cm consecutive memory tokens sharing one position
-            memories.append(bank.pointers.to(dtype).reshape(n, p * splits, cm))
-            positions.append(ptr_pos.repeat_interleave(splits, dim=1))
-            valid = bank.pointer_valid
-            valids.append(None if valid is None else valid.repeat_interleave(splits, dim=1))
-            num_ptr_tokens = p * splits
-        if not memories:
-            return self.no_memory_features(features)
-
-        memory, memory_pos = torch.cat(memories, dim=1), torch.cat(positions, dim=1)
-        n = memory.shape[0]
-        has_memory = mask = None
-        if any(v is not None for v in valids):
-            parts = [
-                v if v is not None else torch.ones(n, m.shape[1], dtype=torch.bool, device=device)
-                for v, m in zip(valids, memories, strict=True)
-            ]
-            mask = torch.cat(parts, dim=1)
-            has_memory = mask.any(dim=1)
-            # rows without any memory attend to their padding; their result is replaced below
-            mask = mask | ~has_memory[:, None]
-        tokens = features.flatten(2).transpose(1, 2)
-        pos = feature_pos.to(dtype).flatten(2).transpose(1, 2)
-        out = self.memory_attention(
-            tokens,
-            memory,
-            memory_pos,
-            feature_pos=pos,
-            num_object_pointer_tokens=num_ptr_tokens,
-            memory_mask=mask,
-            feat_size=(h, w),
+        n = (bank.spatial if _entries(bank.spatial) else bank.pointers).shape[0]
+        if frame_index is None and f not in (1, n):
+            raise ValueError(f"{f} feature maps for {n} objects: pass frame_index to condition_on_memory")
+        frame_index = None if frame_index is None else frame_index.to(device, torch.long)
+        s_valid, p_valid = host_validity(
+            n,
+            (bank.spatial if _entries(bank.spatial) else None, bank.spatial_valid, bank.spatial_valid_host),
+            (bank.pointers if _entries(bank.pointers) else None, bank.pointer_valid, bank.pointer_valid_host),
         )
-        out = out.transpose(1, 2).reshape(n, c, h, w)
-        if has_memory is not None:
-            out = torch.where(has_memory[:, None, None, None], out, self.no_memory_features(features))
-        return out
+        groups = group_by_layout(s_valid, p_valid)
+        whole = len(groups) == 1 and s_valid.all() and p_valid.all()  # nothing to pack: no gathers
+        index = iter(indices_to_device(layout_indices(groups, s_valid.shape[1], p_valid.shape[1]), device))
+        splits = c // cm
+        if s_valid.shape[1]:
+            s = s_valid.shape[1]
+            spatial = bank.spatial.permute(0, 1, 3, 4, 2).reshape(n * s, grid, cm)  # a view of gather_banks' layout
+            slot = torch.remainder(bank.spatial_offsets.long() - 1, self.num_maskmem).reshape(-1)
+            temporal = self.memory_temporal_positional_encoding.to(dtype).reshape(self.num_maskmem, cm)[slot]
+            sine = self._memory_sine(h, w, device, dtype)
+        if p_valid.shape[1]:
+            if self.cfg.enable_temporal_pos_encoding_for_object_pointers:
+                default = self.cfg.max_object_pointers_in_encoder - 1
+                norm = float(default if max_pointer_offset is None else max_pointer_offset)
+                pe = sine_encoding_1d(bank.pointer_offsets.float() / norm, c).to(dtype)
+                ptr_pos = self.temporal_positional_encoding_projection_layer(pe).flatten(0, 1)
+            else:
+                ptr_pos = bank.pointers.new_zeros(n * p_valid.shape[1], cm, dtype=dtype)
+            pointers = bank.pointers.flatten(0, 1)
+
+        tokens = features.flatten(2).transpose(1, 2)
+        x, rope = self.memory_attention.begin(tokens, feature_pos.to(dtype).flatten(2).transpose(1, 2), (h, w))
+        out = x.new_empty(n, grid, c)
+        for g in groups:
+            rows, s_idx, p_idx = next(index), next(index), next(index)
+            k = g.rows.size
+            frame = None if f == 1 else rows if frame_index is None else frame_index.index_select(0, rows)
+            if g.spatial.shape[1] == 0 and g.pointers.shape[1] == 0:
+                none = tokens.expand(k, -1, -1) if frame is None else tokens.index_select(0, frame)
+                out.index_copy_(0, rows, none + self.no_memory_embedding.to(dtype))
+                continue
+            keys, values = [], []
+            if g.spatial.shape[1]:
+                mem = (spatial if whole else spatial.index_select(0, s_idx)).to(dtype).unflatten(0, (k, -1))
+                pos = sine + (temporal if whole else temporal.index_select(0, s_idx)).unflatten(0, (k, -1))[:, :, None]
+                keys.append((mem + pos).flatten(1, 2))  # memory + position once per step, for every layer
+                values.append(mem.flatten(1, 2))
+            if g.pointers.shape[1]:
+                # a C-wide pointer becomes C / Cm consecutive memory tokens sharing one position
+                mem = (pointers if whole else pointers.index_select(0, p_idx)).to(dtype).reshape(k, -1, cm)
+                pos = (ptr_pos if whole else ptr_pos.index_select(0, p_idx)).reshape(k, -1, cm)
+                keys.append(mem + pos.repeat_interleave(splits, dim=1))
+                values.append(mem)
+            xg = x.expand(k, -1, -1) if frame is None else x.index_select(0, frame)
+            key, value = (torch.cat(t, dim=1) if len(t) > 1 else t[0] for t in (keys, values))
+            result = self.memory_attention.finish(xg, key, value, rope, g.pointers.shape[1] * splits)
+            if whole:
+                out = result
+            else:
+                out.index_copy_(0, rows, result)
+        return out.transpose(1, 2).reshape(n, c, h, w)
+
+    def _memory_sine(self, h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The memory maps' sine position encoding as ``[h*w, Cm]`` tokens, cached per geometry (a constant)."""
+        key = (h, w, device, dtype)
+        if key not in self._sine_cache:
+            with torch.inference_mode(False):
+                pe = self.memory_encoder.position_encoding(h, w, device=device, dtype=dtype)
+                self._sine_cache[key] = pe.flatten(2)[0].transpose(0, 1).contiguous()
+        return self._sine_cache[key]
+
+
+def _entries(t: Tensor | None) -> int:
+    return 0 if t is None else t.shape[1]
+
