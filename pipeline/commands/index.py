@@ -33,6 +33,8 @@ def register(sub) -> None:
     index.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     index.add_argument("--fps", type=float, default=None, metavar="N", help="frames per second to sample (default: all)")
     index.add_argument("--engines", type=int, default=1, metavar="N", help="engine actors (one per GPU; default 1)")
+    index.add_argument("--compile", action="store_true",
+                       help="torch.compile the engines' backbone and tracker step (engine.compile; slow first steps)")
     index.add_argument("--files-in-flight", type=int, default=None, metavar="N",
                        help="files each engine works on at once (default 2 x its max batch)")
     index.add_argument("--force", action="store_true", help="index every file again, whatever the catalog says")
@@ -55,10 +57,12 @@ def job_document(args: argparse.Namespace) -> dict:
     if args.files_in_flight is not None:
         index["files_in_flight"] = args.files_in_flight
     return {"name": args.name, "model": {"checkpoint": args.checkpoint, "device": args.device, "dtype": args.dtype},
-            "engine": {"replicas": args.engines}, "watchlists": {"index": watchlist}, "index": index}
+            "engine": {"replicas": args.engines, "compile": args.compile}, "watchlists": {"index": watchlist},
+            "index": index}
 
 
 _OPTIONS = {"index.sources": "SOURCE", "index.out": "--out", "index.fps": "--fps", "engine.replicas": "--engines",
+            "engine.compile": "--compile",
             "index.files_in_flight": "--files-in-flight", "model.checkpoint": "--checkpoint",
             "model.device": "--device", "model.dtype": "--dtype", "watchlists.index": "--concept/--watchlist",
             "name": "--name"}

@@ -195,3 +195,16 @@ def test_dropped_detections_reach_the_metrics_endpoint_per_stream(ray_session, t
     assert got[key] == first + second
     assert not any(name == "sam3_engine_dropped_detections_total" and ("stream", "quiet") in labels
                    for name, labels in got)
+
+
+def test_index_command_compile_flag_reaches_the_engine_settings():
+    import yaml
+
+    from pipeline.cli import build_parser
+    from pipeline.commands.index import job_document
+
+    for flags, want in (([], False), (["--compile"], True)):
+        args = build_parser().parse_args(["index", "/videos", "--out", "/data", "--concept", "car", *flags])
+        job = parse_job(yaml.safe_dump(job_document(args)), env={})
+        assert EngineSettings.from_job(job).compile is want
+    assert EngineSettings.from_job(parse_job(BASE + "engine: {compile: true}\n", env={})).compile
