@@ -208,3 +208,20 @@ def test_index_command_compile_flag_reaches_the_engine_settings():
         job = parse_job(yaml.safe_dump(job_document(args)), env={})
         assert EngineSettings.from_job(job).compile is want
     assert EngineSettings.from_job(parse_job(BASE + "engine: {compile: true}\n", env={})).compile
+
+
+def test_engine_compile_reaches_the_actor(ray_session, tmp_path):
+    from pipeline.engine_actor import EngineActor
+    from sam3_runtime.model import write_random_checkpoint
+
+    ray = ray_session
+    checkpoint = write_random_checkpoint(tmp_path / "tiny")
+    job = parse_job(BASE + f"model:\n  checkpoint: {checkpoint}\n  device: cpu\nengine:\n  compile: true\n", env={})
+    engine = EngineActor.remote(EngineSettings.from_job(job))
+    try:  # torch.compile compiles on the first step: wrapping the model at start is quick
+        info = ray.get(engine.ready.remote(), timeout=300)
+    finally:
+        ray.kill(engine)
+    assert info["compiled"]["backend"] == "inductor" and info["compiled"]["mode"] is None  # CPU: no CUDA graphs
+    assert info["compiled"]["backbone_blocks"] > 0
+    assert set(info["compiled"]["tracker_methods"]) == {"decode_masks", "memory_attention.finish"}
