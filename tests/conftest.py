@@ -19,6 +19,17 @@ def pytest_configure(config):
     configure_backends(target)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Off the reference platform, the tests listed in tests/devices.py as CPU-float32-only are skipped."""
+    from tests.devices import from_env, not_here
+
+    target = from_env()
+    for item in items:
+        reason = not_here(item.nodeid, target)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def pytest_report_header(config):
     from tests.devices import from_env
 

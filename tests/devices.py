@@ -31,8 +31,9 @@ class Tolerance:
     """How far a value may be from the reference's on one device and dtype.
 
     ``rtol`` is relative to each reference element; ``atol`` is relative to the largest magnitude
-    of the compared reference tensor (parity tests compare logits, features and scores whose
-    scales differ by orders of magnitude, and low precision errs in proportion to that scale).
+    of the compared reference tensor, or to 1 when that is smaller (parity tests compare logits,
+    features and scores whose scales differ by orders of magnitude, and low precision errs in
+    proportion to that scale; values of order 1 or less err by about as much as values of 1).
     ``mask_agreement`` is the least fraction of equal pixels between two boolean masks.
     """
 
@@ -57,16 +58,42 @@ TOLERANCES: Mapping[tuple[str, torch.dtype], Tolerance] = {
             "a logit that close to 0 may flip a pixel, hence 0.1% of pixels",
     ),
     ("cuda", torch.bfloat16): Tolerance(
-        rtol=0.1, atol=0.08, mask_agreement=0.97,
+        rtol=0.1, atol=0.08, mask_agreement=0.85,
         why="bfloat16 keeps 8 significant bits (relative step 2^-8 = 0.4%): ours and the reference "
             "round after different ops, and a dozen layers compound that to a few percent of the "
-            "tensor's scale; masks are thresholded logits, so pixels near 0 flip: at least 97% equal",
+            "tensor's scale (measured on the CPU: up to 4% relative error in detector logits); masks "
+            "are thresholded logits, and random weights leave wide areas near 0 where rounding flips "
+            "pixels (measured: the worst of 200 detector masks at IoU 0.89), so IoU >= 0.85",
     ),
     ("cpu", torch.bfloat16): Tolerance(
-        rtol=0.1, atol=0.08, mask_agreement=0.97,
+        rtol=0.1, atol=0.08, mask_agreement=0.85,
         why="the same rounding as bfloat16 on a GPU (CPU kernels accumulate in float32 too); lets "
             "the bfloat16 tolerances be checked without a GPU",
     ),
+}
+
+
+# Tests that run on CPU float32 only, whatever the test device, with the reason (node id prefixes).
+REFERENCE_ONLY: Mapping[str, str] = {
+    "tests/parity/test_preprocess.py": "the host-side preprocessing against PIL's, on the CPU by design",
+    "tests/parity/test_loaders.py": "checkpoint files and their loading: float32 as published, device-independent",
+    "tests/parity/test_tracker_modules.py::test_bf16_smoke": "compares a float32 model with a bfloat16 one itself",
+}
+# Tests that need float32 arithmetic (exact values at float32 thresholds), on any device.
+FLOAT32_ONLY: Mapping[str, str] = {
+    "tests/parity/test_detr.py::test_decoder_box_refinement_at_the_inverse_sigmoid_clamp":
+        "checks boxes sitting exactly at the float32 clamp 1e-4, which bfloat16 cannot represent",
+    "tests/parity/test_tracker_modules.py::test_mask_decoder_parity[False-None]":
+        "candidates' stability scores sit near the selection threshold: bfloat16 rounding flips the pick",
+    # whole streams: a decision within rounding of its threshold (a new object, a visible one)
+    # changes everything after it; the modules inside are compared in bfloat16 one by one
+    "tests/parity/test_video_text.py": "detections within bfloat16 rounding of the new-object threshold",
+    "tests/parity/test_video_tracking.py::test_box_prompted_streaming_matches_transformers_after_every_ring_wraps":
+        "its scenario keeps every object score 0.007 away from 0, a margin float32 only keeps",
+    "tests/parity/test_video_tracking.py::test_streams_batched_together_equal_streams_alone":
+        "batched and single streams round differently in bfloat16, which flips visibility near 0",
+    "tests/sam3_runtime/test_video_engine.py::test_sessions_stepped_together_equal_each_stepped_alone":
+        "compares batched and single steps' mask areas exactly; in bfloat16 they round a pixel apart",
 }
 
 
@@ -115,6 +142,25 @@ def from_env(environ: Mapping[str, str] | None = None) -> TestDevice:
     else:
         raise DeviceUnavailable(f"{DEVICE_ENV}={spec!r} is not a device: use cpu, cuda or cuda:N")
     return TestDevice(device=device, dtype=dtype, tolerance=TOLERANCES[(device.type, dtype)])
+
+
+def not_here(nodeid: str, target: TestDevice) -> str | None:
+    """Why the test ``nodeid`` does not run on ``target`` (``REFERENCE_ONLY`` / ``FLOAT32_ONLY``), or None."""
+    rules = ({} if target.is_reference else dict(REFERENCE_ONLY)) | ({} if target.dtype == torch.float32 else dict(FLOAT32_ONLY))
+    return next((f"not on {target.describe()}: {why}" for prefix, why in rules.items() if nodeid.startswith(prefix)), None)
+
+
+def widened(rtol: float) -> float:
+    """A test's own relative tolerance (one it checks itself, not through ``assert_close``), widened
+    to the test device's."""
+    target = from_env()
+    return rtol if target.is_reference else max(rtol, target.tolerance.rtol)
+
+
+def least_agreement(fraction: float) -> float:
+    """A test's own least mask IoU / agreement, lowered to the test device's ``mask_agreement``."""
+    target = from_env()
+    return fraction if target.is_reference else min(fraction, target.tolerance.mask_agreement)
 
 
 def configure_backends(target: TestDevice) -> None:
@@ -168,9 +214,9 @@ def assert_close(actual, expected, *, target: TestDevice, rtol: float | None = N
         _torch_assert_close(actual.cpu(), expected.cpu(), rtol=0, atol=0, check_dtype=False, msg=msg)
         return
     a, e = actual.detach().cpu().float(), expected.detach().cpu().float()
-    scale = float(e.abs().max()) if e.numel() and torch.isfinite(e).all() else 1.0
+    scale = max(float(e.abs().max()), 1.0) if e.numel() and torch.isfinite(e).all() else 1.0
     _torch_assert_close(
-        a, e, rtol=max(rtol or 0.0, tol.rtol), atol=max(atol or 0.0, tol.atol * max(scale, 1e-6)),
+        a, e, rtol=max(rtol or 0.0, tol.rtol), atol=max(atol or 0.0, tol.atol * scale),
         equal_nan=kwargs.get("equal_nan", False), check_dtype=False, msg=msg)
 
 
@@ -187,11 +233,14 @@ def running_on(target: TestDevice) -> Iterator[None]:
     def device_aware_assert_close(actual, expected, *, rtol=None, atol=None, **kwargs):
         assert_close(actual, expected, target=target, rtol=rtol, atol=atol, **kwargs)
 
+    hook = None
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.testing, "assert_close", device_aware_assert_close)
         if target.device.type != "cpu":
             # a seeded torch.Generator() is a CPU generator, which factories on the GPU refuse
             patch.setattr(torch, "Generator", _generator_class(target.device))
+            # host tensors a test hands to a module (token ids from the tokenizer, say) follow it there
+            hook = torch.nn.modules.module.register_module_forward_pre_hook(inputs_to(target.device))
         torch.set_default_dtype(target.dtype)
         torch.set_default_device(target.device)
         try:
@@ -199,6 +248,17 @@ def running_on(target: TestDevice) -> Iterator[None]:
         finally:
             torch.set_default_dtype(previous_dtype)
             torch.set_default_device(previous_device)
+            if hook is not None:
+                hook.remove()
+
+
+def inputs_to(device: torch.device):
+    """A forward pre-hook moving a module's positional CPU tensor inputs to ``device`` (dtypes kept)."""
+
+    def hook(module: torch.nn.Module, args: tuple) -> tuple:
+        return tuple(a.to(device) if isinstance(a, torch.Tensor) and a.device.type == "cpu" else a for a in args)
+
+    return hook
 
 
 def _generator_class(device: torch.device) -> type:

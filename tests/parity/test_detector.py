@@ -11,6 +11,7 @@ import torch
 
 from sam3_runtime.config import Sam3Config
 from sam3_runtime.modeling.detector import Sam3Detector
+from tests.devices import least_agreement, widened
 from tests.parity.hf_reference import hf_video_model
 
 
@@ -46,11 +47,11 @@ def _mask_iou(a, b):
 
 
 def _compare(ref, out):
-    assert _rel(out.pred_logits, ref.pred_logits) < 1e-4
-    assert _rel(out.presence_logits, ref.presence_logits) < 1e-4
-    assert _rel(out.pred_boxes, ref.pred_boxes) < 1e-4
-    assert _rel(out.pred_masks, ref.pred_masks) < 1e-4
-    assert _mask_iou(out.pred_masks.flatten(0, 1), ref.pred_masks.flatten(0, 1)).min() >= 0.99
+    assert _rel(out.pred_logits, ref.pred_logits) < widened(1e-4)
+    assert _rel(out.presence_logits, ref.presence_logits) < widened(1e-4)
+    assert _rel(out.pred_boxes, ref.pred_boxes) < widened(1e-4)
+    assert _rel(out.pred_masks, ref.pred_masks) < widened(1e-4)
+    assert _mask_iou(out.pred_masks.flatten(0, 1), ref.pred_masks.flatten(0, 1)).min() >= least_agreement(0.99)
 
 
 @torch.inference_mode()
@@ -104,7 +105,7 @@ def test_pairs_without_boxes_match_text_only_in_a_mixed_batch(models, hf_roi_ali
     boxes = torch.tensor([[[0.0, 0.0, 0.0, 0.0]], [[0.5, 0.5, 0.3, 0.3]]])
     out = ours.detect(vision, torch.tensor([0, 0]), text.features, text.mask, boxes=boxes,
                       box_labels=torch.ones(2, 1, dtype=torch.long), box_mask=torch.tensor([[False], [True]]))
-    assert _rel(out.pred_logits[:1], text_only.pred_logits) < 1e-4
-    assert _rel(out.pred_masks[:1], text_only.pred_masks) < 1e-4
+    assert _rel(out.pred_logits[:1], text_only.pred_logits) < widened(1e-4)
+    assert _rel(out.pred_masks[:1], text_only.pred_masks) < widened(1e-4)
     # and the box really changes the other pair
     assert _rel(out.pred_logits[1:], out.pred_logits[:1]) > 1e-3

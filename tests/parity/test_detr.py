@@ -170,7 +170,7 @@ def test_box_attention_bias_matches_reference(hf_detector, modules):
     boxes = torch.rand(2, 5, 4, generator=torch.Generator().manual_seed(3)) * 0.8 + 0.1
     with torch.no_grad():
         ref = hf_detector.detr_decoder._get_rpb_matrix(boxes, (torch.tensor(HW[0]), torch.tensor(HW[1])))
-        ours = dec.box_attention_bias(boxes, HW, torch.float32)
+        ours = dec.box_attention_bias(boxes, HW, torch.get_default_dtype())
         ref_sine = hf_detector.detr_decoder.position_encoding.encode_boxes(boxes)
     assert ours.shape == (2, DET.detr_decoder_config.num_attention_heads, 6, HW[0] * HW[1])
     assert torch.count_nonzero(ours[:, :, 0]) == 0  # presence row

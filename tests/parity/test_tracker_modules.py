@@ -113,7 +113,7 @@ def test_mask_decoder_parity(pair, multimask, thresh):
     n, c = 4, ours.hidden_dim
     h, w = ours.prompt_encoder.image_embedding_size
     image = torch.randn(n, c, h, w, generator=g)
-    pe = ours.image_positional_embeddings(torch.float32)
+    pe = ours.image_positional_embeddings(torch.get_default_dtype())
     sparse = torch.randn(n, 3, c, generator=g)
     dense = torch.randn(n, c, h, w, generator=g)
     s0 = torch.randn(n, c // 8, 4 * h, 4 * w, generator=g)
@@ -239,7 +239,7 @@ def test_decode_masks_parity(pair_runnable):
     # and the absent (no-object pointer, NO_OBJECT_SCORE masks) paths are exercised
     # (midway between the two middle scores: torch.median would put one object exactly at 0,
     # where rounding alone decides whether it is visible)
-    shift = -ours.decode_masks(feats, (s0, s1)).object_score_logits.flatten().quantile(0.5)
+    shift = -ours.decode_masks(feats, (s0, s1)).object_score_logits.flatten().float().quantile(0.5)
     biases = [m.mask_decoder.pred_obj_score_head.proj_out.bias for m in (ours, hf)]
     for b in biases:
         b += shift

@@ -22,6 +22,7 @@ from sam3_runtime.model import load_model, write_random_checkpoint
 from sam3_runtime.preprocess import to_model_input
 from sam3_runtime.video.engine import StreamingEngine
 from sam3_runtime.video.types import EngineOptions
+from tests.devices import least_agreement
 from tests.parity.hf_reference import hf_video_config
 
 SIZE = (160, 120)
@@ -31,7 +32,8 @@ CONCEPTS = ["red square", "green disc"]
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    return load_model(str(write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=3)), device="cpu")
+    return load_model(str(write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", seed=3)),
+                      device=torch.get_default_device(), dtype=torch.get_default_dtype())  # the test device (conftest)
 
 
 def _video_config(loaded):
@@ -47,16 +49,16 @@ def _reference_outputs(loaded, frames):
     hf = Sam3VideoModel(hf_video_config(dataclasses.replace(loaded.config, video=video_cfg))).eval()
     hf.load_state_dict(loaded.model.state_dict(), strict=True)
     session = Sam3VideoInferenceSession(
-        video_height=SIZE[1], video_width=SIZE[0], inference_device="cpu", dtype=torch.float32
+        video_height=SIZE[1], video_width=SIZE[0], inference_device=loaded.device, dtype=loaded.dtype
     )
     for text in CONCEPTS:
         pid = session.add_prompt(text)
         ids, mask = loaded.tokenizer.encode([text])
-        session.prompt_input_ids[pid], session.prompt_attention_masks[pid] = ids, mask
+        session.prompt_input_ids[pid], session.prompt_attention_masks[pid] = ids.to(loaded.device), mask.to(loaded.device)
     outputs = []
     with torch.inference_mode():
         for frame in frames:
-            pixels = to_model_input([frame], loaded.config.image_size, "cpu", torch.float32)
+            pixels = to_model_input([frame], loaded.config.image_size, loaded.device, loaded.dtype)
             out = hf(inference_session=session, frame=pixels[0])
             outputs.append(_postprocess(session, out))
     return outputs
@@ -94,13 +96,13 @@ def test_same_objects_ids_and_masks_as_transformers_streaming(loaded):
     total = 0
     for i, (frame, ref) in enumerate(zip(frames, reference, strict=True)):
         ours = engine.step({"s": frame})["s"]
-        ref_masks = {k: m.numpy() for k, m in zip(ref["object_ids"], ref["masks"], strict=True) if m.any()}
+        ref_masks = {k: m.cpu().numpy() for k, m in zip(ref["object_ids"], ref["masks"], strict=True) if m.any()}
         ours_masks = {o.track_id: o.mask for o in ours.objects}
         assert sorted(ours_masks) == sorted(ref_masks), f"frame {i}"
         for k, m in ref_masks.items():
             inter = np.logical_and(m, ours_masks[k]).sum()
             union = np.logical_or(m, ours_masks[k]).sum()
-            assert inter / union >= 0.99, f"frame {i} object {k}: IoU {inter / union:.4f}"
+            assert inter / union >= least_agreement(0.99), f"frame {i} object {k}: IoU {inter / union:.4f}"
         total += len(ref_masks)
         assert {o.track_id: o.concept for o in ours.objects} == {k: ref["concepts"][k] for k in ref_masks}
     assert total >= 10 * FRAMES, f"the scenario should track several objects per frame, got {total}"

@@ -24,6 +24,7 @@ from sam3_runtime.video.propagation import (
     propagate,
     tracker_features,
 )
+from tests.devices import least_agreement
 from tests.parity.hf_reference import hf_video_model
 
 # Random weights put every object score slightly below 0 (all objects "absent"); shift the
@@ -139,7 +140,8 @@ def hf_streaming(hf, frames, prompts: dict[int, torch.Tensor], occlude) -> list[
     )
 
     size = frames.shape[-1]
-    session = Sam3TrackerVideoInferenceSession(video_height=size, video_width=size, dtype=torch.float32)
+    session = Sam3TrackerVideoInferenceSession(video_height=size, video_width=size, dtype=torch.get_default_dtype(),
+                                               inference_device=torch.get_default_device())
     max_cond = hf.tracker_model.config.max_cond_frame_num
     results = []
     try:
@@ -248,7 +250,7 @@ def test_box_prompted_streaming_matches_transformers_after_every_ring_wraps(visi
                 assert (r.masks[i] > 0).sum() >= 50 and (g.masks[i] > 0).sum() >= 50, f"frame {t} object {i}"
             visible += n
         for i in range(n):
-            assert mask_iou(g.masks[i], r.masks[i]) >= 0.99, f"frame {t} object {i}"
+            assert mask_iou(g.masks[i], r.masks[i]) >= least_agreement(0.99), f"frame {t} object {i}"
         # pixels that land on different sides of 0 must be ones the drift can flip
         flipped = (g.masks > 0) != (r.masks > 0)
         assert (r.masks[flipped].abs() <= MASK_ATOL).all(), f"frame {t}"
@@ -377,7 +379,7 @@ def test_streams_batched_together_equal_streams_alone(models):
         assert a.outputs.keys() == b.outputs.keys()
         for key, (mask, score) in a.outputs.items():
             ref_mask, ref_score = b.outputs[key]
-            assert mask_iou(mask, ref_mask) >= 0.999, key
+            assert mask_iou(mask, ref_mask) >= least_agreement(0.999), key
             torch.testing.assert_close(score, ref_score, rtol=1e-4, atol=1e-4)
             scale = max(1.0, ref_mask.abs().max().item())
             torch.testing.assert_close(mask, ref_mask, rtol=1e-4, atol=1e-4 * scale)

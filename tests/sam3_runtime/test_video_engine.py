@@ -16,8 +16,9 @@ SIZE = (160, 120)
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    return load_model(str(write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")), device="cpu")
+def loaded(tmp_path_factory, test_device):
+    return load_model(str(write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")), device=test_device.device,
+                      dtype=test_device.dtype)
 
 
 def _engine(loaded, **options):
