@@ -16,14 +16,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sam3_runtime.config import VideoConfig
+from sam3_runtime.host_reads import to_host
 from sam3_runtime.model import LoadedModel
 from sam3_runtime.preprocess import to_model_input
-from sam3_runtime.video.heuristics import Detections, filter_detections
-from sam3_runtime.video.memory import ObjectMemory
-from sam3_runtime.video.planning import FramePlan, plan_frame
+from sam3_runtime.video.detect_batch import DetectionBatch, select_detections
+from sam3_runtime.video.memory import ObjectMemory, _to_device
+from sam3_runtime.video.plan_batch import BatchPlan, SessionFrame, plan_frames, shared_settings
+from sam3_runtime.video.plan_types import FramePlan
 from sam3_runtime.video.propagation import (
     TrackerFrameFeatures,
     add_objects_from_masks,
@@ -33,6 +34,7 @@ from sam3_runtime.video.propagation import (
 )
 from sam3_runtime.video.render import PendingResult, RenderItem, render_step
 from sam3_runtime.video.session import AppliedPlan, PromptedObject, TrackerSession
+from sam3_runtime.video.tracked import TrackedBatch
 from sam3_runtime.video.types import PROMPTED_CONCEPT, EngineOptions, FrameResult
 
 logger = logging.getLogger(__name__)
@@ -153,23 +155,17 @@ class StreamingEngine:
         detections = self._detect(vision, sessions)
         feats = tracker_features(self.model, vision.backbone_features)
         tracked = self._propagate(feats, sessions)
+        groups = self._plan(sessions, detections, tracked)
+        plans: list[FramePlan] = [None] * len(sessions)  # type: ignore[list-item]
+        applied: list[AppliedPlan] = [None] * len(sessions)  # type: ignore[list-item]
+        for members, bp in groups:
+            for f, plan, table in zip(members, bp.plans, bp.tables, strict=True):
+                plans[f], applied[f] = plan, sessions[f].apply_plan(plan, table)
 
-        plans: list[FramePlan] = []
-        applied: list[AppliedPlan] = []
-        for session, det, (masks, scores, _) in zip(sessions, detections, tracked, strict=True):
-            n = len(session.table)
-            plan, table = plan_frame(
-                session.table, session.frame_index, det.masks, det.scores, det.prompt_ids,
-                masks[:n, 0], scores[:n, 0], session.video or self.video,
-                hotstart_mode=self.options.hotstart_mode, fill_hole_masks=self.options.fill_holes,
-                evict_after_frames=self.options.evict_after_frames,
-            )
-            applied.append(session.apply_plan(plan, table))
-            plans.append(plan)
-
-        self._commit_tracked(feats, sessions, plans, applied, tracked)
-        self._start_detected(feats, sessions, plans, applied, detections)
+        self._commit_tracked(feats, sessions, groups, applied, tracked)
+        self._start_detected(feats, sessions, groups, applied, detections)
         prompted = self._start_prompted(feats, sessions)
+        tracked = tracked.per_session()
 
         outputs = [self._output(session, frame, plans[f], tracked[f], prompted[f])
                    for f, (session, frame) in enumerate(batch)]
@@ -180,100 +176,113 @@ class StreamingEngine:
             session.advance_frame()
         return results
 
-    def _detect(self, vision, sessions: list[TrackerSession]) -> list[Detections]:
-        """Detections of every concept of every session's frame, in one detector batch."""
+    def _detect(self, vision, sessions: list[TrackerSession]) -> DetectionBatch:
+        """Candidate detections of every concept of every session's frame: one detector batch, one host read."""
         texts = sorted({t for s in sessions for t in s.concepts.values()})
-        empty = Detections(
-            masks=torch.zeros(0, *self._mask_size(), device=self.device), scores=torch.zeros(0, device=self.device),
-            prompt_ids=torch.zeros(0, dtype=torch.long, device=self.device),
-            query_indices=torch.zeros(0, dtype=torch.long, device=self.device),
-        )
+        cfgs = [s.video or self.video for s in sessions]
         if not texts:
-            return [empty for _ in sessions]
+            return DetectionBatch(
+                masks=torch.zeros(0, *self._mask_size(), device=self.device),
+                valid=torch.zeros(0, dtype=torch.bool, device=self.device), scores=np.zeros(0, np.float32),
+                prompt_ids=np.zeros(0, np.int64), session_counts=np.zeros(len(sessions), np.int64),
+                pair_index=np.zeros(0, np.int64), query_index=np.zeros(0, np.int64),
+            )
         text = self.loaded.text_features(texts)
         column = {t: i for i, t in enumerate(texts)}
-        pairs = [(f, pid, column[t]) for f, s in enumerate(sessions) for pid, t in sorted(s.concepts.items())]
-        image_index = torch.tensor([p[0] for p in pairs], device=self.device)
-        text_index = torch.tensor([p[2] for p in pairs], device=self.device)
-        out = self.model.detector_model.detect(vision, image_index, text.features[text_index], text.mask[text_index])
-        scores = out.scores
-        per_session = []
-        for f in range(len(sessions)):
-            rows = [i for i, p in enumerate(pairs) if p[0] == f]
-            if not rows:
-                per_session.append(empty)
-                continue
-            sel = torch.tensor(rows, device=self.device)
-            per_session.append(filter_detections(
-                out.pred_masks[sel].float(), scores[sel], sessions[f].video or self.video,
-                prompt_ids=torch.tensor([pairs[i][1] for i in rows], device=self.device),
-                nms=self.options.detection_nms,
-            ))
-        return per_session
+        pairs = np.array([(f, pid, column[t]) for f, s in enumerate(sessions) for pid, t in sorted(s.concepts.items())],
+                         dtype=np.int64).reshape(-1, 3)
+        index = torch.from_numpy(pairs[:, [0, 2]].T.copy()).to(self.device)
+        out = self.model.detector_model.detect(vision, index[0], text.features[index[1]], text.mask[index[1]])
+        nms = np.array([c.det_nms_thresh for c in cfgs], dtype=np.float32) if self.options.detection_nms else None
+        return select_detections(out.pred_masks, out.scores, pairs[:, 0], pairs[:, 1],
+                                 np.array([c.score_threshold_detection for c in cfgs]), nms)
 
-    def _propagate(self, feats: TrackerFrameFeatures, sessions: list[TrackerSession]):
-        """Every object of every session onto its frame: per session (mask logits [N, 1, h, w],
-        object score logits [N, 1], object pointers [N, C]), concept objects first, then prompted ones."""
-        counts = [len(s.concept_rows) + len(s.prompted_rows) for s in sessions]
-        size = self._mask_size()
-        if sum(counts) == 0:
-            return [(torch.zeros(0, 1, *size, device=self.device), torch.zeros(0, 1, device=self.device), None)
-                    for _ in sessions]
+    def _propagate(self, feats: TrackerFrameFeatures, sessions: list[TrackerSession]) -> TrackedBatch:
+        """Every object of every session onto its frame in one batch: per session its concept objects
+        first, then its prompted ones."""
+        concept = np.array([len(s.concept_rows) for s in sessions], dtype=np.int64)
+        counts = concept + np.array([len(s.prompted_rows) for s in sessions], dtype=np.int64)
+        if counts.sum() == 0:
+            size = self._mask_size()
+            return TrackedBatch(torch.zeros(0, 1, *size, device=self.device), torch.zeros(0, 1, device=self.device),
+                                None, counts, concept)
         entries = [(s.memory, s.concept_rows + s.prompted_rows, s.frame_index) for s in sessions]
-        frame_index = torch.repeat_interleave(torch.arange(len(sessions)), torch.tensor(counts))
-        out = propagate(self.model, feats, frame_index, entries)
-        masks = out.low_res_masks.float().split(counts)
-        scores = out.object_score_logits.float().split(counts)
-        pointers = out.object_pointer.split(counts)
-        return list(zip(masks, scores, pointers, strict=True))
+        out = propagate(self.model, feats, np.repeat(np.arange(len(sessions)), counts), entries)
+        return TrackedBatch(out.low_res_masks.float(), out.object_score_logits.float(), out.object_pointer,
+                            counts, concept)
 
-    def _commit_tracked(self, feats, sessions, plans, applied, tracked) -> None:
-        """Memories of this frame for objects that were tracked onto it (one batched encoder pass)."""
-        masks, scores, pointers, targets, frames, cond = [], [], [], [], [], []
-        for f, (session, plan, rows, (trk_masks, trk_scores, trk_ptrs)) in enumerate(
-                zip(sessions, plans, applied, tracked, strict=True)):
-            keep = plan.keep_rows.to(self.device)
-            n_prompted = len(session.prompted_rows)
-            n_cpt = trk_masks.shape[0] - n_prompted
-            if keep.numel():
-                masks.append(plan.memory_masks.to(self.device)[keep, None].float())
-                scores.append(plan.memory_score_logits.to(self.device)[keep, None].float())
-                pointers.append(trk_ptrs[:n_cpt][keep])
-                cond.append(torch.isin(plan.keep_rows, plan.recondition_rows))
-                targets.append((session.memory, rows.kept_rows, session.frame_index))
-                frames.append(torch.full((keep.numel(),), f))
-            if n_prompted:
-                masks.append(trk_masks[n_cpt:])
-                scores.append(trk_scores[n_cpt:])
-                pointers.append(trk_ptrs[n_cpt:])
-                cond.append(torch.zeros(n_prompted, dtype=torch.bool))
-                targets.append((session.memory, list(session.prompted_rows), session.frame_index))
-                frames.append(torch.full((n_prompted,), f))
-        if not targets:
-            return
-        size = self._mask_size()
-        masks = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size else m for m in masks]
-        commit_memories(self.model, feats, torch.cat(frames), torch.cat(masks), torch.cat(scores), torch.cat(pointers),
-                        targets, is_conditioning=torch.cat(cond), binarize=False)
+    def _plan(self, sessions, detections: DetectionBatch, tracked: TrackedBatch) -> list[tuple[list[int], BatchPlan]]:
+        """SAM 3's video logic for all sessions, batched (sessions whose video settings differ beyond
+        the detection thresholds are planned in separate batches, one host read each)."""
+        by_settings: dict[VideoConfig, list[int]] = {}
+        for f, s in enumerate(sessions):
+            by_settings.setdefault(shared_settings(s.video or self.video), []).append(f)
+        det_offsets = np.concatenate(([0], np.cumsum(detections.session_counts)))
+        groups = []
+        for members in by_settings.values():
+            det_rows = np.concatenate([np.arange(det_offsets[f], det_offsets[f + 1]) for f in members]).astype(np.int64)
+            trk_rows = np.concatenate([tracked.concept_index(f) for f in members])
+            frames = [SessionFrame(table=sessions[f].table, frame_idx=sessions[f].frame_index,
+                                   cfg=sessions[f].video or self.video,
+                                   det_prompt_ids=detections.prompt_ids[det_offsets[f]:det_offsets[f + 1]],
+                                   det_scores=detections.scores[det_offsets[f]:det_offsets[f + 1]]) for f in members]
+            whole = len(members) == len(sessions)  # the usual case: no gathers needed
+            det_masks, det_valid = detections.masks, detections.valid
+            if not whole:
+                det_index = _to_device(det_rows, self.device)
+                det_masks, det_valid = det_masks[det_index], det_valid[det_index]
+            trk_index = _to_device(trk_rows, self.device)
+            bp = plan_frames(frames, det_masks, det_valid, tracked.masks[trk_index, 0], tracked.scores[trk_index, 0],
+                             hotstart_mode=self.options.hotstart_mode, fill_hole_masks=self.options.fill_holes,
+                             evict_after_frames=self.options.evict_after_frames)
+            groups.append((members, dataclasses.replace(bp, new_dets=det_rows[bp.new_dets])))
+        return groups
 
-    def _start_detected(self, feats, sessions, plans, applied, detections) -> None:
+    def _commit_tracked(self, feats, sessions, groups, applied, tracked: TrackedBatch) -> None:
+        """Memories of this frame for objects that were tracked onto it: one batched encoder pass and
+        one memory write per session, whatever the number of objects."""
+        for members, bp in groups:
+            n = bp.memory_masks.shape[0]
+            src_mask, src_ptr, frames, cond, targets = [], [], [], [], []
+            kept_at = 0
+            concept_rows = np.concatenate([tracked.concept_index(f) for f in members])
+            for f in members:
+                kept = bp.keep_rows[kept_at: kept_at + len(applied[f].kept_rows)]
+                kept_at += len(applied[f].kept_rows)
+                prompted = tracked.prompted_index(f)
+                if kept.size + prompted.size == 0:
+                    continue
+                src_mask += [kept, n + prompted]
+                src_ptr += [concept_rows[kept], prompted]
+                frames.append(np.full(kept.size + prompted.size, f))
+                cond += bp.recondition[kept].tolist() + [False] * prompted.size
+                targets.append((sessions[f].memory, applied[f].kept_rows + sessions[f].prompted_rows,
+                                sessions[f].frame_index))
+            if not targets:
+                continue
+            index = _to_device(np.concatenate(src_mask + src_ptr).astype(np.int64), self.device)
+            m = int(sum(a.size for a in src_mask))
+            mask_index, ptr_index = index[:m], index[m:]
+            masks = torch.cat([bp.memory_masks, tracked.masks[:, 0].to(bp.memory_masks.dtype)])[mask_index, None]
+            scores = torch.cat([bp.memory_score_logits, tracked.scores[:, 0]])[mask_index, None]
+            commit_memories(self.model, feats, np.concatenate(frames), masks, scores, tracked.pointers[ptr_index],
+                            targets, is_conditioning=cond, binarize=False)
+
+    def _start_detected(self, feats, sessions, groups, applied, detections: DetectionBatch) -> None:
         """New objects from this frame's detections: initialised from their masks, memory committed.
 
         Their output on this frame is the detection mask (``FramePlan.out_masks``), as in SAM 3.
         """
-        masks, frames, targets = [], [], []
-        for f, (session, plan, rows, det) in enumerate(zip(sessions, plans, applied, detections, strict=True)):
-            k = plan.new_det_indices.numel()
-            if k == 0:
-                continue
-            # the reference starts a track from its detection mask thresholded at logit 0.5
-            masks.append((det.masks[plan.new_det_indices.to(self.device)] >= 0.5).float()[:, None])
-            frames.append(torch.full((k,), f))
-            targets.append((session.memory, rows.new_rows, session.frame_index))
-        if not targets:
+        new_dets = np.concatenate([bp.new_dets for _, bp in groups])
+        if new_dets.size == 0:
             return
-        out = add_objects_from_masks(self.model, feats, torch.cat(frames), torch.cat(masks))
-        commit_memories(self.model, feats, torch.cat(frames), out.high_res_masks, out.object_score_logits,
+        frames = np.concatenate([np.full(len(applied[f].new_rows), f) for members, _ in groups for f in members])
+        targets = [(sessions[f].memory, applied[f].new_rows, sessions[f].frame_index)
+                   for members, _ in groups for f in members if applied[f].new_rows]
+        # the reference starts a track from its detection mask thresholded at logit 0.5
+        masks = (detections.masks[_to_device(new_dets, self.device)] >= 0.5).float()[:, None]
+        out = add_objects_from_masks(self.model, feats, frames, masks)
+        commit_memories(self.model, feats, frames, out.high_res_masks, out.object_score_logits,
                         out.object_pointer, targets, is_conditioning=True, binarize=True)
 
     def _start_prompted(self, feats, sessions) -> list[list[tuple[int, torch.Tensor, float]]]:
@@ -295,7 +304,8 @@ class StreamingEngine:
                 row = session.start_prompted(prompt.track_id)
                 commit_memories(self.model, feats, [f], out.high_res_masks, out.object_score_logits, out.object_pointer,
                                 [(session.memory, [row], session.frame_index)], is_conditioning=True, binarize=True)
-                started[f].append((prompt.track_id, out.low_res_masks.float(), float(out.object_score_logits.sigmoid())))
+                (prob,) = to_host(out.object_score_logits.sigmoid())
+                started[f].append((prompt.track_id, out.low_res_masks.float(), float(prob.reshape(-1)[0])))
         return started
 
     def _output(self, session, frame, plan: FramePlan, tracked, prompted) -> tuple[PendingResult, RenderItem]:

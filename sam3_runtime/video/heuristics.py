@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sam3_runtime.config import VideoConfig
+from sam3_runtime.host_reads import to_host
 from sam3_runtime.masks import mask_iou
 
 # Logit that marks a pixel (or a whole mask) as background; sigmoid(-10) ~ 4.5e-5.
@@ -60,15 +62,22 @@ def filter_detections(
     masks ``[P, Q, H, W]`` logits and scores ``[P, Q]`` probabilities for P concepts x Q queries;
     ``prompt_ids [P]`` names the concepts (default ``0..P-1``). NMS runs independently per
     concept, greedy by descending score, suppressing IoU ``> det_nms_thresh``; it is skipped when
-    ``nms`` is False (transformers without its kernels) or the threshold is <= 0.
+    ``nms`` is False (transformers without its kernels) or the threshold is <= 0. The engine runs
+    the same rules for all streams at once (``detect_batch.select_detections``, which this calls).
     """
+    from sam3_runtime.video.detect_batch import select_detections  # it builds on this module's types
+
     num_prompts = scores.shape[0]
     if prompt_ids is None:
-        prompt_ids = torch.arange(num_prompts, device=scores.device)
-    keep = scores > cfg.score_threshold_detection
-    if nms and cfg.det_nms_thresh > 0.0 and bool(keep.any()):
-        keep = _nms_per_prompt(masks, scores, keep, cfg.det_nms_thresh)
-    p_idx, q_idx = keep.nonzero(as_tuple=True)
+        prompt_ids = torch.arange(num_prompts)
+    batch = select_detections(
+        masks, scores, np.zeros(num_prompts, dtype=np.int64), prompt_ids.cpu().long().numpy(),
+        np.array([cfg.score_threshold_detection]), np.array([cfg.det_nms_thresh], np.float32) if nms else None,
+    )
+    (valid,) = to_host(batch.valid)
+    rows = np.flatnonzero(valid)
+    p_idx = torch.from_numpy(batch.pair_index[rows]).to(scores.device)
+    q_idx = torch.from_numpy(batch.query_index[rows]).to(scores.device)
     return Detections(
         masks=masks[p_idx, q_idx],
         scores=scores[p_idx, q_idx].float(),
@@ -76,33 +85,6 @@ def filter_detections(
         query_indices=q_idx,
         boxes=None if boxes is None else boxes[p_idx, q_idx],
     )
-
-
-def _nms_per_prompt(masks: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy mask NMS of the valid detections, per prompt, for all prompts at once.
-
-    All valid detections share one IoU matrix in which cross-prompt pairs can never suppress
-    each other; sorted by score, detection j is kept iff no kept earlier detection overlaps it.
-    That recursion has a unique solution, reached by iterating ``keep <- not any(keep_i & S_ij)``
-    from "keep all" (a few rounds in practice, at most V).
-    """
-    p_idx, q_idx = valid.nonzero(as_tuple=True)
-    v_scores = scores[p_idx, q_idx].float()
-    order = torch.sort(v_scores, descending=True, stable=True).indices
-    p_idx, q_idx = p_idx[order], q_idx[order]
-    binary = masks[p_idx, q_idx] > 0
-    n = binary.shape[0]
-    earlier = torch.ones(n, n, dtype=torch.bool, device=binary.device).triu(1)
-    can_suppress = (mask_iou(binary, binary) > iou_threshold) & (p_idx[:, None] == p_idx[None, :]) & earlier
-    keep_sorted = torch.ones(n, dtype=torch.bool, device=binary.device)
-    for _ in range(n):
-        updated = ~(can_suppress & keep_sorted[:, None]).any(dim=0)
-        if torch.equal(updated, keep_sorted):
-            break
-        keep_sorted = updated
-    keep = torch.zeros_like(valid)
-    keep[p_idx[keep_sorted], q_idx[keep_sorted]] = True
-    return keep
 
 
 @dataclass(frozen=True)
@@ -182,26 +164,30 @@ def occlusion_suppression(
     return suppress_i.any(dim=1) | suppress_j.any(dim=0)
 
 
+def _group_index(prompt_ids: torch.Tensor) -> torch.Tensor:
+    """``[N]`` index of the first object of each object's concept: a group id below N, found
+    on the device (no ``unique``, which would wait for it to size its output)."""
+    same = prompt_ids[:, None] == prompt_ids[None, :]
+    return same.int().argmax(dim=1)
+
+
 def _group_winner(values: torch.Tensor, prompt_ids: torch.Tensor | None) -> torch.Tensor:
     """``[N, H, W]`` bool: object i holds the largest value of its concept at that pixel.
 
     Ties go to the lowest object index (argmax semantics), so exactly one object per concept
-    wins each pixel.
+    wins each pixel. ``prompt_ids`` only need to compare equal within a concept (any int64 key).
     """
     n = values.shape[0]
     obj_index = torch.arange(n, device=values.device)[:, None, None]
     if prompt_ids is None:
         return values.argmax(dim=0, keepdim=True) == obj_index
-    group = torch.unique(prompt_ids, return_inverse=True)[1].to(values.device)
-    num_groups = int(group.max()) + 1
+    group = _group_index(prompt_ids.to(values.device))
     # a materialised index: CPU scatter_reduce is orders of magnitude slower on a stride-0 one
     index = group[:, None, None].expand_as(values).contiguous()
-    group_max = values.new_empty((num_groups, *values.shape[1:])).scatter_reduce(
-        0, index, values, "amax", include_self=False
-    )
+    group_max = values.new_empty(values.shape).scatter_reduce(0, index, values, "amax", include_self=False)
     at_max = values == group_max.index_select(0, group)
     candidate = torch.where(at_max, obj_index, n)
-    first = torch.full((num_groups, *values.shape[1:]), n, dtype=torch.long, device=values.device)
+    first = torch.full(values.shape, n, dtype=torch.long, device=values.device)
     first = first.scatter_reduce(0, index, candidate, "amin", include_self=True)
     return first.index_select(0, group) == obj_index
 
@@ -234,8 +220,8 @@ def suppress_shrunk_masks(
     area_after = (foreground & _group_winner(masks, prompt_ids)).flatten(1).sum(dim=1).float()
     keep = area_after / area_before >= shrink_threshold
     if prompt_ids is not None:
-        group = torch.unique(prompt_ids, return_inverse=True)[1]
-        keep |= (torch.bincount(group)[group] == 1).to(keep.device)
+        prompt_ids = prompt_ids.to(keep.device)
+        keep |= (prompt_ids[:, None] == prompt_ids[None, :]).sum(dim=1) == 1
     return torch.where(keep[:, None, None], masks, masks.clamp(max=NO_OBJ_LOGIT))
 
 
@@ -292,6 +278,37 @@ def connected_components(binary: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return labels.view(n, h, w), areas.view(n, h, w)
 
 
+def small_component_areas(binary: torch.Tensor, max_area: int) -> torch.Tensor:
+    """Areas (int64 ``[N, H, W]``) of the 8-connected components of ``binary`` that have at most
+    ``max_area`` pixels; pixels of larger components get ``max_area + 1``, off-mask pixels 0.
+
+    Runs a fixed ``max_area - 1`` rounds of min-label propagation, so it never waits for the
+    device to test convergence: a component of at most ``max_area`` pixels has a diameter of at
+    most ``max_area - 1`` hops and is fully labelled by then. A label group with a neighbouring
+    pixel of another label is part of a component that did not converge, hence a larger one.
+    """
+    n, h, w = binary.shape
+    if h * w >= 2**24:
+        raise ValueError("small_component_areas: masks above 2^24 pixels do not fit fp32 labels")
+    big = float(h * w + 1)
+    pixel_label = torch.arange(1, h * w + 1, device=binary.device, dtype=torch.float32).view(1, h, w)
+    labels = torch.where(binary, pixel_label, big)
+    for _ in range(max(max_area - 1, 0)):
+        neighbour_min = -F.max_pool2d(-labels[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
+        labels = torch.where(binary, torch.minimum(labels, neighbour_min), big)
+    # a pixel whose in-mask neighbours carry another label marks its group as unconverged
+    low = -F.max_pool2d(-labels[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
+    high = F.max_pool2d(torch.where(binary, labels, 0.0)[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
+    conflict = (binary & ((low != labels) | (high != labels))).flatten(1).long()
+    flat = torch.where(binary, labels.long(), 0).flatten(1)
+    counts = torch.zeros(n, h * w + 1, dtype=torch.long, device=binary.device)
+    counts.scatter_add_(1, flat, torch.ones_like(flat))
+    open_group = torch.zeros_like(counts).scatter_reduce_(1, flat, conflict, "amax")
+    counts = torch.where(open_group > 0, max_area + 1, counts.clamp(max=max_area + 1))
+    counts[:, 0] = 0
+    return counts.gather(1, flat).view(n, h, w)
+
+
 def fill_holes(
     masks: torch.Tensor, max_area: int, *, fill_holes: bool = True, remove_sprinkles: bool = True
 ) -> torch.Tensor:
@@ -301,16 +318,18 @@ def fill_holes(
     foreground components of at most ``min(max_area, mask area // 2)`` pixels become background
     (logit -0.1), so tiny objects are not erased. Both use 8-connectivity. This is what the
     official model does to tracker masks and new detections; transformers skips it offline.
+    Only components up to ``max_area`` pixels matter, so their areas come from
+    ``small_component_areas`` (a fixed number of rounds, no host sync).
     """
     if max_area <= 0 or masks.shape[0] == 0:
         return masks
     if fill_holes:
         background = masks <= 0
-        _, areas = connected_components(background)
+        areas = small_component_areas(background, max_area)
         masks = torch.where(background & (areas <= max_area), torch.full_like(masks, 0.1), masks)
     if remove_sprinkles:
         foreground = masks > 0
         limit = (foreground.flatten(1).sum(dim=1) // 2).clamp(max=max_area)
-        _, areas = connected_components(foreground)
+        areas = small_component_areas(foreground, max_area)
         masks = torch.where(foreground & (areas <= limit[:, None, None]), torch.full_like(masks, -0.1), masks)
     return masks

@@ -1,7 +1,8 @@
 """Per-stream tracker state: concepts, the masklet table, the memory bank and pending prompts.
 
-A ``TrackerSession`` is owned by one engine and lives on that engine's device. Its size grows
-with the number of objects and concepts, never with the number of frames. ``state_dict`` /
+A ``TrackerSession`` is owned by one engine; its memory lives on that engine's device, its
+masklet table on the host. Its size grows with the number of objects and concepts, never with
+the number of frames. ``state_dict`` /
 ``from_state_dict`` move a stream to another engine (tensors go through the CPU).
 
 The session is the only writer of its fields: the engine reads them and changes them through
@@ -24,7 +25,7 @@ import torch
 
 from sam3_runtime.config import VideoConfig
 from sam3_runtime.video.memory import ObjectMemory
-from sam3_runtime.video.planning import FramePlan, MaskletTable
+from sam3_runtime.video.plan_types import FramePlan, MaskletTable
 
 # 2 renamed box_ids / box_rows (they hold point-prompted objects too); format 1 still loads.
 STATE_FORMAT = 2

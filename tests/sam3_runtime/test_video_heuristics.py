@@ -25,8 +25,10 @@ from sam3_runtime.video.heuristics import (
     non_overlapping,
     occlusion_suppression,
     pixel_non_overlapping,
+    small_component_areas,
     suppress_shrunk_masks,
 )
+from sam3_runtime.video.plan_batch import SessionFrame, plan_frames
 from sam3_runtime.video.planning import NOT_SEEN, MaskletTable, plan_frame
 
 H = W = 32
@@ -275,6 +277,23 @@ def test_connected_components_match_scipy():
     _, ref_areas = scipy_cc_kernel(binary[:, None].to(torch.uint8))
     assert torch.equal(areas, ref_areas[:, 0].long())
     assert torch.equal(labels > 0, binary)
+
+
+@pytest.mark.parametrize("max_area", [1, 4, 16])
+def test_small_component_areas_are_exact_up_to_max_area(max_area):
+    g = torch.Generator().manual_seed(10)
+    binary = torch.rand(4, 40, 40, generator=g) < 0.45
+    binary[3] = False
+    binary[3, 1:-1:2, 1:-1] = True  # a long snake: far more hops than rounds, so it never converges
+    binary[3, 2:-1:4, -2] = True
+    binary[3, 4:-1:4, 1] = True
+    binary[3, 38, 0:max_area] = True  # a bar of exactly max_area pixels
+    areas = small_component_areas(binary, max_area)
+    _, ref = scipy_cc_kernel(binary[:, None].to(torch.uint8))
+    ref = ref[:, 0].long()
+    expected = torch.where(ref > max_area, max_area + 1, ref)
+    assert torch.equal(areas, expected)
+    assert bool((ref == max_area).any()) and bool((ref > max_area).any())
 
 
 # -- plan_frame against transformers' planning phase, frame after frame ----------------------------
@@ -594,3 +613,39 @@ def test_plan_frame_half_precision_gives_the_same_decisions(dtype):
         assert torch.equal(plan_a.memory_masks > 0, plan_b.memory_masks > 0)
     assert len(table_a) > 2
     assert torch.equal(fill_holes(trk_masks.to(dtype), 16) > 0, fill_holes(trk_masks, 16) > 0)
+
+
+# -- all sessions of a step planned together ---------------------------------------------------------
+
+
+def test_sessions_planned_together_equal_each_planned_alone():
+    """Three streams (two of them identical, so their masks overlap exactly) planned in one batch
+    decide exactly what each decides alone: nothing leaks between sessions."""
+    worlds = [World(seed=12), World(seed=13), World(seed=12)]
+    alone = [MaskletTable.empty() for _ in worlds]
+    together = list(alone)
+    seen = 0
+    for frame_idx in range(24):
+        inputs = []
+        for world, table in zip(worlds, alone, strict=True):
+            det_masks, det_scores, det_prompts = world.detections(frame_idx)
+            trk_masks, trk_scores = world.tracks(table.obj_ids.tolist())
+            inputs.append((det_masks, det_scores, det_prompts, trk_masks, trk_scores))
+        frames = [SessionFrame(table=t, frame_idx=frame_idx, cfg=AGGRESSIVE, det_prompt_ids=i[2].numpy(),
+                               det_scores=i[1].numpy()) for t, i in zip(together, inputs, strict=True)]
+        batch = plan_frames(frames, torch.cat([i[0] for i in inputs]),
+                            torch.ones(sum(len(i[1]) for i in inputs), dtype=torch.bool),
+                            torch.cat([i[3] for i in inputs]), torch.cat([i[4] for i in inputs]))
+        for s, (world, inp) in enumerate(zip(worlds, inputs, strict=True)):
+            plan, table = plan_frame(alone[s], frame_idx, *inp, AGGRESSIVE)
+            joint, joint_table = batch.plans[s], batch.tables[s]
+            for field in dataclasses.fields(plan):
+                a, b = getattr(plan, field.name), getattr(joint, field.name)
+                assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), (s, frame_idx, field.name)
+            for field in dataclasses.fields(table):
+                a, b = getattr(table, field.name), getattr(joint_table, field.name)
+                assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), (s, frame_idx, field.name)
+            world.created(plan.new_obj_ids, plan.new_det_indices)
+            alone[s], together[s] = table, joint_table
+            seen += int(plan.occlusion_suppressed.sum()) + len(plan.removed_obj_ids) + len(plan.recondition_rows)
+    assert seen > 0 and all(len(t) > 1 for t in alone)
