@@ -201,7 +201,7 @@ class TrackerSession:
         if report is not None:
             detections, frames = report
             logger.warning("stream %r: max_num_objects reached, %d new detections dropped over %d frame(s); "
-                           "raise engine.tracking.max_objects in the job file to track them (warned at most "
+                           "raise engine.max_objects_per_stream in the job file to track them (warned at most "
                            "once a minute)", self.stream_id, detections, frames)
 
     def _allocate_track_id(self) -> int:

@@ -59,7 +59,7 @@ def test_a_crowded_scene_warns_once_then_at_most_once_a_minute_with_a_count(capl
     assert [scene.frame(now=100.0 + s) for s in range(5)] == [2] * 5  # the cap really drops on every frame
     assert _warnings(caplog) == [
         "stream 'crowded': max_num_objects reached, 2 new detections dropped over 1 frame(s); raise "
-        "engine.tracking.max_objects in the job file to track them (warned at most once a minute)"
+        "engine.max_objects_per_stream in the job file to track them (warned at most once a minute)"
     ]
     debug = [r for r in caplog.records if r.levelno == logging.DEBUG and "max_num_objects=2 reached" in r.getMessage()]
     assert len(debug) == 5, "every frame's drop is still logged at DEBUG"
