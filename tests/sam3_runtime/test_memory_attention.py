@@ -96,7 +96,8 @@ def test_the_batch_mixes_layouts(batch):
 
 def alone(bank: MemoryBank, i: int) -> MemoryBank:
     """Object ``i``'s bank holding only its valid entries: nothing padded, nothing masked."""
-    s, p = bank.spatial_valid[i], bank.pointer_valid[i]
+    s = slice(None) if bank.spatial_valid is None else bank.spatial_valid[i]
+    p = slice(None) if bank.pointer_valid is None else bank.pointer_valid[i]
     return MemoryBank(
         spatial=bank.spatial[i : i + 1, s], spatial_offsets=bank.spatial_offsets[i : i + 1, s],
         pointers=bank.pointers[i : i + 1, p], pointer_offsets=bank.pointer_offsets[i : i + 1, p],
@@ -148,6 +149,18 @@ def test_grouped_batch_equals_each_object_alone(tracker, batch):
     no_memory = int((bank.spatial_valid.sum(1) + bank.pointer_valid.sum(1) == 0).nonzero())
     expected = tracker.no_memory_features(frames[frame_index[no_memory]])
     torch.testing.assert_close(out[no_memory], expected[0], rtol=0, atol=0)
+
+
+@torch.inference_mode()
+def test_unpadded_batch_on_two_frames_equals_each_object_alone(tracker, batch):
+    bank, frames, position, _ = batch
+    whole = MemoryBank(spatial=bank.spatial[:, :2], spatial_offsets=torch.tensor([[0, 1]] * 5),
+                       pointers=bank.pointers[:, :2], pointer_offsets=torch.tensor([[2.0, 1.0]] * 5))
+    frame_index = torch.tensor([1, 0, 1, 1, 0])
+    out = tracker.condition_on_memory(frames, position, whole, frame_index=frame_index)
+    for i, f in enumerate(frame_index.tolist()):
+        ref = tracker.condition_on_memory(frames[f : f + 1], position, alone(whole, i))
+        torch.testing.assert_close(out[i : i + 1], ref, rtol=1e-5, atol=1e-5)
 
 
 @torch.inference_mode()

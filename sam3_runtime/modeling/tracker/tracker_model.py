@@ -318,8 +318,9 @@ class TrackerModel(nn.Module):
             (bank.pointers if _entries(bank.pointers) else None, bank.pointer_valid, bank.pointer_valid_host),
         )
         groups = group_by_layout(s_valid, p_valid)
-        whole = len(groups) == 1 and s_valid.all() and p_valid.all()  # nothing to pack: no gathers
-        index = iter(indices_to_device(layout_indices(groups, s_valid.shape[1], p_valid.shape[1]), device))
+        whole = len(groups) == 1 and s_valid.all() and p_valid.all()  # nothing to pack: no gathers, no indices
+        flat = [] if whole else layout_indices(groups, s_valid.shape[1], p_valid.shape[1])
+        index = iter(indices_to_device(flat, device) if flat else [None] * 3)
         splits = c // cm
         if s_valid.shape[1]:
             s = s_valid.shape[1]
@@ -343,10 +344,13 @@ class TrackerModel(nn.Module):
         for g in groups:
             rows, s_idx, p_idx = next(index), next(index), next(index)
             k = g.rows.size
-            frame = None if f == 1 else rows if frame_index is None else frame_index.index_select(0, rows)
+            # each object's frame; None: one frame for all, or the frames are the objects themselves
+            if f == 1 or (whole and frame_index is None):
+                frame = None
+            else:
+                frame = rows if frame_index is None else frame_index if whole else frame_index.index_select(0, rows)
             if g.spatial.shape[1] == 0 and g.pointers.shape[1] == 0:
-                none = tokens.expand(k, -1, -1) if frame is None else tokens.index_select(0, frame)
-                out.index_copy_(0, rows, none + self.no_memory_embedding.to(dtype))
+                out.index_copy_(0, rows, _pick(tokens, frame, k) + self.no_memory_embedding.to(dtype))
                 continue
             keys, values = [], []
             if g.spatial.shape[1]:
@@ -360,7 +364,7 @@ class TrackerModel(nn.Module):
                 pos = (ptr_pos if whole else ptr_pos.index_select(0, p_idx)).reshape(k, -1, cm)
                 keys.append(mem + pos.repeat_interleave(splits, dim=1))
                 values.append(mem)
-            xg = x.expand(k, -1, -1) if frame is None else x.index_select(0, frame)
+            xg = _pick(x, frame, k)
             key, value = (torch.cat(t, dim=1) if len(t) > 1 else t[0] for t in (keys, values))
             result = self.memory_attention.finish(xg, key, value, rope, g.pointers.shape[1] * splits)
             if whole:
@@ -377,6 +381,10 @@ class TrackerModel(nn.Module):
                 pe = self.memory_encoder.position_encoding(h, w, device=device, dtype=dtype)
                 self._sine_cache[key] = pe.flatten(2)[0].transpose(0, 1).contiguous()
         return self._sine_cache[key]
+
+
+def _pick(t: Tensor, frame: Tensor | None, k: int) -> Tensor:
+    return t.expand(k, -1, -1) if frame is None else t.index_select(0, frame)
 
 
 def _entries(t: Tensor | None) -> int:
