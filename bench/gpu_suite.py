@@ -198,7 +198,7 @@ def section_tracker(setup: Setup, loaded) -> dict:
                 out = propagate(loaded.model, feats, index, bank, return_high_res_masks=True)
                 tracker.encode_memory(feats.features, out.high_res_masks, out.object_score_logits, binarize=False)
 
-            ms = setup.timed(step)
+            ms = setup.timed(step, repeats=min(setup.plan.repeats, 10))  # 64 objects take a while
             rows.append({"what": f"step, {n} objects, {frames} memory frames", "ms": ms})
             sizes.append((n, ms))
         if len(sizes) >= 2:  # least squares over the object counts: the cost of each extra object
