@@ -9,8 +9,7 @@ objects with 7 and 10 memory frames, and the slope: ms per extra object; ``engin
 and 8 x 16 box-prompted objects plus a concept at 720p: fps, host reads per step, GPU busy % (kernel /
 wall time from ``torch.profiler``: a lower bound); ``prompts`` each extra text prompt on an image
 (detector, scores, top masks at 720p, one host read); ``transformers`` its vision encoder, same weights.
-Medians after warm-up, CUDA events on a GPU. ``--device cpu --quick``: all of it on the tiny preset.
-"""
+Medians after warm-up, CUDA events on a GPU. ``--device cpu --quick``: all of it on the tiny preset."""
 
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ logger = logging.getLogger("bench.gpu_suite")
 # Seconds per section on a GPU (compiling the ViT dominates the backbone's); all within 8 minutes.
 BUDGETS_S = {"matmul": 20, "backbone": 170, "tracker": 60, "engine": 110, "prompts": 30, "transformers": 60}
 TOTAL_BUDGET_S = 450
-ENGINE_WHEELS = {"tokenizers": "tokenizers", "PIL": "pillow", "pycocotools": "pycocotools"}  # module: wheel
+WHEELS = {"PIL": "pillow", "yaml": "pyyaml"}  # import name -> wheel, where they differ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +112,7 @@ def text_features(loaded, prompts: list[str]):
 
     def compute(missing: list[str], length: int = cfg.max_position_embeddings):
         ids = torch.randint(1, cfg.vocab_size, (len(missing), length), device=loaded.device)
-        mask = torch.zeros(len(missing), length, dtype=torch.long, device=loaded.device)
-        mask[:, :6] = 1  # a start token, a few words, an end token
+        mask = (torch.arange(length, device=loaded.device) < 6).long().expand(len(missing), -1)  # 6 real tokens
         return loaded.model.detector_model.encode_text(ids, mask)
 
     return loaded.text_cache.get_or_compute(prompts, compute)
@@ -128,8 +126,7 @@ def pixels(loaded, batch: int) -> torch.Tensor:
 
 def section_matmul(setup: Setup, loaded) -> dict:
     n = setup.plan.matmul_n
-    a = torch.randn(n, n, device=setup.device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=setup.device, dtype=torch.bfloat16)
+    a, b = torch.randn(2, n, n, device=setup.device, dtype=torch.bfloat16)
     ms = setup.timed(lambda: a @ b, repeats=3 * setup.plan.repeats)
     tflops = 2 * n**3 / ms / 1e9
     return {"bf16_tflops": tflops, "rows": [{"what": f"bf16 matmul {n}^3", "ms": ms, "tflops": tflops}]}
@@ -149,8 +146,7 @@ def vit_flops(config) -> float:
 
 
 def section_backbone(setup: Setup, loaded, ceiling_tflops: float | None) -> dict:
-    backbone = loaded.model.detector_model.vision_encoder.backbone
-    flops = vit_flops(loaded.config)
+    backbone, flops = loaded.model.detector_model.vision_encoder.backbone, vit_flops(loaded.config)
     rows: list[dict] = []
     for mode in ("eager", "compiled"):
         eager_layers = backbone.layers
@@ -243,7 +239,6 @@ def section_engine(setup: Setup, loaded) -> dict:
         def step(t: int, engine=engine, videos=videos) -> int:
             out = engine.step({f"s{s}": video[t] for s, video in enumerate(videos)})
             return sum(len(r.objects) for r in out.values())
-
         for t in range(warmup):
             step(t)
         reads, visible = [], []
@@ -279,8 +274,7 @@ def gpu_busy_pct(setup: Setup, fn: Callable[[], object]) -> float | None:
 def section_prompts(setup: Setup, loaded) -> dict:
     from sam3_runtime.host_reads import to_host
 
-    detector = loaded.model.detector_model
-    size = setup.plan.frame_size
+    detector, size = loaded.model.detector_model, setup.plan.frame_size
     vision = detector.encode_image(pixels(loaded, 1))
     text = text_features(loaded, [f"prompt {'x' * k}" for k in range(9)])
     times = {}
@@ -320,20 +314,30 @@ def section_transformers(setup: Setup, loaded) -> dict:
     return {"rows": rows}
 
 
+def engine_import_problem() -> str | None:
+    """None when sam3_runtime's model and engine import here, else one line naming the wheel to carry."""
+    try:
+        import sam3_runtime.video.engine  # noqa: F401 (imports the model, its tokenizer, masks, preprocessing)
+    except ModuleNotFoundError as e:
+        wheel = WHEELS.get(e.name or "", e.name)
+        return f"sam3_runtime needs the wheel {wheel} (for import {e.name}): pip install {wheel}"
+    return None
+
+
 def run_suite(device: torch.device, dtype: torch.dtype, quick: bool, out_dir: Path) -> dict:
     started = time.monotonic()
-    overall = started + TOTAL_BUDGET_S
+    overall = started + TOTAL_BUDGET_S  # no section starts after this
     setup = Setup(device=device, dtype=dtype, plan=QUICK if quick else Plan(), deadline=overall)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # what a deployment runs with
     result: dict = {"meta": {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "quick": quick,
                              "torch": torch.__version__, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                              "model": setup.plan.model}, "notes": []}
-    missing = [wheel for module, wheel in ENGINE_WHEELS.items() if importlib.util.find_spec(module) is None]
     result["matmul"] = _run(section_matmul, setup, None, overall)
-    if missing:  # the model sections cannot import sam3_runtime: say which wheels to carry
-        result["notes"].append(f"sam3_runtime needs the wheel(s) {', '.join(missing)}: pip install {' '.join(missing)}")
-        logger.error("%s", result["notes"][-1])
+    problem = engine_import_problem()
+    if problem:  # the model sections cannot run: say which wheel to carry
+        result["notes"].append(problem)
+        logger.error("%s", problem)
     else:
         loaded = build_model(setup)
         result["backbone"] = _run(section_backbone, setup, loaded, overall, result["matmul"].get("bf16_tflops"))
@@ -347,8 +351,7 @@ def run_suite(device: torch.device, dtype: torch.dtype, quick: bool, out_dir: Pa
 
 
 def _run(fn: Callable[..., dict], setup: Setup, loaded, overall: float, *args) -> dict:
-    name = fn.__name__.removeprefix("section_")
-    now = time.monotonic()
+    name, now = fn.__name__.removeprefix("section_"), time.monotonic()
     if now > overall:
         return {"skipped": f"the suite's {TOTAL_BUDGET_S} s were spent before this section"}
     section = dataclasses.replace(setup, deadline=min(overall, now + BUDGETS_S[name]))
@@ -370,14 +373,11 @@ def markdown(r: dict) -> str:
     for name, sec in ((k, v) for k, v in r.items() if k not in ("meta", "notes")):
         rows = sec.get("rows", []) + [{"what": key, "": sec[key]} for key in ("skipped", "error") if key in sec]
         for row in rows:
-            result = ", ".join(f"{k.replace('_', ' ')} {_fmt(v)}".strip() for k, v in row.items() if k != "what")
+            result = ", ".join(f"{k.replace('_', ' ')} {'n/a' if v is None else f'{v:.3g}' if isinstance(v, float) else v}"
+                               .strip() for k, v in row.items() if k != "what")
             lines.append(f"| {name} | {row['what']} | {result.replace('|', '/')} |")
     lines += ["", *[f"- {n}" for n in r.get("notes", [])]]
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def main(argv: list[str] | None = None) -> None:
