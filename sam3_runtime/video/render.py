@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from sam3_runtime.host_reads import to_host
 from sam3_runtime.masks import masks_to_boxes
+from sam3_runtime.rle import packed_size
 from sam3_runtime.video.types import FrameResult, TrackedObject
 
 # Float pixels upsampled at once (256 MB in float32): bounds the transient full-resolution logits.
@@ -92,8 +93,7 @@ def render_step(items: list[RenderItem], non_overlapping_masks: bool) -> list[Re
 
 
 def _empty(size: tuple[int, int]) -> RenderedMasks:
-    return RenderedMasks(kept=[], boxes=[], areas=[], packed=np.zeros((0, (size[0] * size[1] + 7) // 8), np.uint8),
-                         size=size)
+    return RenderedMasks(kept=[], boxes=[], areas=[], packed=np.zeros((0, packed_size(size)), np.uint8), size=size)
 
 
 def _rendered(packed: np.ndarray, boxes: np.ndarray, areas: np.ndarray, size: tuple[int, int]) -> RenderedMasks:
@@ -104,7 +104,7 @@ def _rendered(packed: np.ndarray, boxes: np.ndarray, areas: np.ndarray, size: tu
 
 
 def _render_batch(items: list[RenderItem], non_overlapping_masks: bool) -> tuple[torch.Tensor, ...]:
-    """Packed masks ``[M, B]`` uint8, boxes ``[M, 4]`` float32, areas ``[M]`` int64 of items sharing a size."""
+    """Packed masks ``[M, B]`` uint8, boxes ``[M, 4]`` float32, areas ``[M]`` int32 of items sharing a size."""
     masks = upsample_threshold(torch.cat([it.low_res for it in items]), items[0].size)
     if non_overlapping_masks:
         device = masks.device
@@ -116,10 +116,9 @@ def _render_batch(items: list[RenderItem], non_overlapping_masks: bool) -> tuple
         scores = torch.cat([it.tracker_scores.to(device, torch.float32) for it in items])
         groups = torch.cat([it.groups.to(device, torch.long) for it in items])
         owned = exclusive_owner(masks, scores, item_index * (groups.max() - groups.min() + 1) + groups - groups.min())
-        masks = torch.where(contested[:, None, None], owned, masks)
-    boxes = masks_to_boxes(masks)
-    areas = masks.flatten(1).sum(1)
-    return pack_bits(masks), boxes, areas
+        masks = owned if min(counts) > 1 else torch.where(contested[:, None, None], owned, masks)
+    packed = pack_bits(masks)
+    return packed, masks_to_boxes(masks), packed_areas(packed)
 
 
 def upsample_threshold(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -137,9 +136,10 @@ def exclusive_owner(masks: torch.Tensor, scores: torch.Tensor, segments: torch.T
     """Each pixel to at most one object of each segment: the one with the highest score, ties to the lowest
     index; an object whose score is not positive owns nothing (``heuristics.non_overlapping`` on bool masks).
 
-    Objects are sorted by (segment, score descending, index) and a pixel is owned by the first object of
-    its segment that covers it: a cumulative max over ``segment + 1`` where the mask is set (one byte a
-    pixel while segments fit) finds whether an earlier object of the same segment already holds it.
+    Objects are sorted by (segment, score descending, index); a pixel belongs to the first object of its
+    segment that covers it, i.e. to an object none of whose predecessors in the segment covers it. That
+    count is a difference of running sums (exclusive cumulative OR as counting), kept in one byte a
+    pixel: modulo 256 it is still exact while no segment has more than 256 objects.
     """
     n = masks.shape[0]
     if n == 0:
@@ -147,16 +147,24 @@ def exclusive_owner(masks: torch.Tensor, scores: torch.Tensor, segments: torch.T
     order = torch.sort(scores, descending=True, stable=True).indices
     order = order[torch.sort(segments[order], stable=True).indices]
     seg = segments[order]
-    # dense 1-based segment numbers along the sorted order (nondecreasing)
-    rank = torch.cumsum(torch.cat([seg.new_ones(1), (seg[1:] != seg[:-1]).long()]), 0)
-    dtype = torch.uint8 if n < 255 else torch.int32
-    rank = rank.to(dtype)[:, None, None]
+    # the sorted position where each object's segment starts
+    starts = torch.cat([seg.new_ones(1, dtype=torch.bool), seg[1:] != seg[:-1]])
+    positions = torch.arange(n, device=masks.device)
+    first = torch.cummax(torch.where(starts, positions, 0), 0).values
+    dtype = torch.uint8 if n <= 256 else torch.int32
     sorted_masks = masks[order] & (scores[order] > 0)[:, None, None]
-    held = torch.cummax(torch.where(sorted_masks, rank, torch.zeros((), dtype=dtype, device=masks.device)), 0).values
-    taken_before = torch.cat([torch.zeros_like(held[:1]), held[:-1]]) == rank
+    covers = sorted_masks.view(torch.uint8) if dtype == torch.uint8 else sorted_masks.to(dtype)
+    before = torch.cumsum(covers, 0, dtype=dtype) - covers  # covering objects sorted before this one
+    # none of them in its own segment: as many as before the segment's first object
     owned = torch.empty_like(masks)
-    owned[order] = sorted_masks & ~taken_before
+    owned[order] = sorted_masks & (before == before.index_select(0, first))
     return owned
+
+
+def packed_areas(packed: torch.Tensor) -> torch.Tensor:
+    """int32 ``[M]``: set bits of each packed mask (a byte-wise popcount table: 8x fewer reads than the bools)."""
+    table = torch.tensor([bin(b).count("1") for b in range(256)], dtype=torch.uint8, device=packed.device)
+    return table.index_select(0, packed.flatten().int()).view(packed.shape).sum(1, dtype=torch.int32)
 
 
 def pack_bits(masks: torch.Tensor) -> torch.Tensor:
