@@ -75,9 +75,12 @@ TOLERANCES: Mapping[tuple[str, torch.dtype], Tolerance] = {
 }
 
 
-# Tests that run on CPU float32 only, whatever the test device, with the reason (node id prefixes).
-REFERENCE_ONLY: Mapping[str, str] = {
+# Tests that run on the CPU only, whatever the test device, with the reason (node id prefixes).
+CPU_ONLY: Mapping[str, str] = {
     "tests/parity/test_preprocess.py": "the host-side preprocessing against PIL's, on the CPU by design",
+}
+# Tests that run on CPU float32 only.
+REFERENCE_ONLY: Mapping[str, str] = {
     "tests/parity/test_loaders.py": "checkpoint files and their loading: float32 as published, device-independent",
     "tests/parity/test_tracker_modules.py::test_bf16_smoke": "compares a float32 model with a bfloat16 one itself",
 }
@@ -147,8 +150,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> TestDevice:
 
 
 def not_here(nodeid: str, target: TestDevice) -> str | None:
-    """Why the test ``nodeid`` does not run on ``target`` (``REFERENCE_ONLY`` / ``FLOAT32_ONLY``), or None."""
-    rules = ({} if target.is_reference else dict(REFERENCE_ONLY)) | ({} if target.dtype == torch.float32 else dict(FLOAT32_ONLY))
+    """Why the test ``nodeid`` does not run on ``target`` (``CPU_ONLY``, ``REFERENCE_ONLY``, ``FLOAT32_ONLY``), or None."""
+    rules = ({} if target.device.type == "cpu" else dict(CPU_ONLY)) | ({} if target.is_reference else dict(REFERENCE_ONLY))
+    rules |= {} if target.dtype == torch.float32 else dict(FLOAT32_ONLY)
     return next((f"not on {target.describe()}: {why}" for prefix, why in rules.items() if nodeid.startswith(prefix)), None)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.devices import (
+    CPU_ONLY,
     FLOAT32_ONLY,
     REFERENCE_ONLY,
     TOLERANCES,
@@ -90,6 +91,10 @@ def test_listed_tests_are_skipped_only_where_they_cannot_hold():
     assert "not on cpu bfloat16" in not_here(ref_only + "::test_x", CPU_BF16)
     assert not_here(fp32_only, CPU_FP32) is None and not_here(fp32_only, CPU_BF16)
     assert not_here("tests/parity/test_vision.py::test_anything", CPU_BF16) is None
+    cpu_only = next(iter(CPU_ONLY))
+    gpu = TestDevice(torch.device("cuda"), torch.float32, TOLERANCES[("cuda", torch.float32)])
+    assert not_here(cpu_only, CPU_BF16) is None and "not on cuda float32" in not_here(cpu_only, gpu)
+    assert not_here(fp32_only, gpu) is None and not_here(ref_only, gpu)
 
 
 def test_running_on_a_target_sets_and_restores_torch_defaults():
