@@ -332,6 +332,7 @@ class TrackerModel(nn.Module):
             if self.cfg.enable_temporal_pos_encoding_for_object_pointers:
                 default = self.cfg.max_object_pointers_in_encoder - 1
                 norm = float(default if max_pointer_offset is None else max_pointer_offset)
+                # fp32 angles, as in the reference (bf16 would blur distances); [N, P, C] is small
                 pe = sine_encoding_1d(bank.pointer_offsets.float() / norm, c).to(dtype)
                 ptr_pos = self.temporal_positional_encoding_projection_layer(pe).flatten(0, 1)
             else:
