@@ -107,6 +107,10 @@ def plan_frames(
         raise ValueError(f"{n} tracked objects but trk_masks {tuple(trk_masks.shape)}, trk_scores {tuple(trk_scores.shape)}")
     device = trk_masks.device
     host = _HostBatch.build(frames, n_rows, n_dets)
+    if n == 0 and v == 0:  # nothing tracked or detected (e.g. prompted objects only): no device work, no read
+        none = _Read(*[np.zeros(0, np.int64)] * 6, np.zeros(0, np.float32), *[np.zeros(0, bool)] * 7)
+        return _split(frames, host, none, trk_masks, trk_masks, trk_masks, trk_scores.reshape(-1), det_masks,
+                      hotstart_mode == "tentative", fill_hole_masks)
     trk_scores = trk_scores.reshape(-1).float()
     if fill_hole_masks:
         trk_masks = fill_holes(trk_masks, cfg.fill_hole_area)
