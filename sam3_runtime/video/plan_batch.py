@@ -110,7 +110,7 @@ def plan_frames(
     if n == 0 and v == 0:  # nothing tracked or detected (e.g. prompted objects only): no device work, no read
         none = _Read(*[np.zeros(0, np.int64)] * 6, np.zeros(0, np.float32), *[np.zeros(0, bool)] * 7)
         return _split(frames, host, none, trk_masks, trk_masks, trk_masks, trk_scores.reshape(-1), det_masks,
-                      hotstart_mode == "tentative", fill_hole_masks)
+                      hotstart_mode == "tentative", fill_hole_masks, make_room=False)
     trk_scores = trk_scores.reshape(-1).float()
     if fill_hole_masks:
         trk_masks = fill_holes(trk_masks, cfg.fill_hole_area)
@@ -192,7 +192,7 @@ def plan_frames(
     read = _Read(*to_host(keep_alive, unmatched, last_occluded, absent, recondition_det, dup, trk_scores.sigmoid(),
                           removed, evicted, hidden, recondition, suppressed, det_valid, is_new))
     return _split(frames, host, read, out_old, track_masks, memory_masks, memory_score_logits, det_masks,
-                  hotstart_mode == "tentative", fill_hole_masks)
+                  hotstart_mode == "tentative", fill_hole_masks, make_room=evict_after_frames is not None)
 
 
 def _recondition_targets(ious, det_scores, is_new, cfg: VideoConfig) -> torch.Tensor:
@@ -285,8 +285,9 @@ class _HostBatch:
 
 
 def _split(frames, host: _HostBatch, read: _Read, out_old, track_masks, memory_masks, memory_score_logits,
-           det_masks, tentative: bool, fill_hole_masks: bool) -> BatchPlan:
-    """Host decisions that change row counts, then per-session tables and plans."""
+           det_masks, tentative: bool, fill_hole_masks: bool, make_room: bool) -> BatchPlan:
+    """Host decisions that change row counts, then per-session tables and plans. ``make_room``: at
+    ``max_num_objects``, absent objects give way to new ones (``_make_room``; only with eviction on)."""
     keep_global, new_global, out_index, per_session = [], [], [], []
     n = int(host.row_start[-1])
     for s, f in enumerate(frames):
@@ -296,14 +297,18 @@ def _split(frames, host: _HostBatch, read: _Read, out_old, track_masks, memory_m
         num_trk = r1 - r0
         compact = np.cumsum(read.det_valid[d0:d1]) - 1  # candidate -> post-NMS detection index
         new_local = np.flatnonzero(read.is_new[d0:d1])
+        removed, evicted = read.removed[r0:r1], read.evicted[r0:r1]
         num_dropped = 0
         if num_trk + new_local.size > cfg.max_num_objects:
-            room = max(cfg.max_num_objects - num_trk, 0)
-            num_dropped = new_local.size - room
+            if make_room:
+                evicted = _make_room(evicted, removed, read.absent[r0:r1], new_local.size, cfg.max_num_objects)
+            # the reference counts every object of the previous frame, retracted or not
+            live = int((~(removed | evicted)).sum()) if make_room else num_trk
+            room = max(cfg.max_num_objects - live, 0)
+            num_dropped = max(new_local.size - room, 0)
             # DEBUG: a crowded scene drops on every frame; the session warns once and then counts (``plan.num_dropped``)
             logger.debug("max_num_objects=%d reached: dropping %d new detections", cfg.max_num_objects, num_dropped)
             new_local = new_local[np.argsort(-f.det_scores[new_local], kind="stable")[:room]]
-        removed, evicted = read.removed[r0:r1], read.evicted[r0:r1]
         keep = np.flatnonzero(~(removed | evicted))
         recondition_rows = np.flatnonzero(read.recondition[r0:r1])
         recondition_dets = compact[read.recondition_det[r0:r1][recondition_rows] - d0]
@@ -364,6 +369,25 @@ def _split(frames, host: _HostBatch, read: _Read, out_old, track_masks, memory_m
     return BatchPlan(plans=plans, tables=[t for _, t in per_session], keep_rows=keep_rows, new_dets=new_dets,
                      recondition=read.recondition.astype(bool), memory_masks=memory_masks,
                      memory_score_logits=memory_score_logits)
+
+
+def _make_room(evicted: np.ndarray, removed: np.ndarray, absent: np.ndarray, num_new: int, cap: int) -> np.ndarray:
+    """``evicted`` plus the objects to evict early so that ``num_new`` new ones fit under ``cap``.
+
+    At the cap, an object missing from the output for a while should not hold its place against a
+    visible new one: objects absent on this frame give way, longest absent first (the oldest row on
+    ties). Objects that are visible are never evicted for a new one; new detections that still do
+    not fit are dropped (and counted). Below the cap nothing changes (the reference's behaviour).
+    """
+    live = ~(removed | evicted)
+    excess = int(live.sum()) + num_new - cap
+    candidates = np.flatnonzero(live & (absent > 0))
+    if excess <= 0 or candidates.size == 0:
+        return evicted
+    longest_first = candidates[np.argsort(-absent[candidates], kind="stable")][:excess]
+    evicted = evicted.copy()
+    evicted[longest_first] = True
+    return evicted
 
 
 def _t(a: np.ndarray) -> torch.Tensor:

@@ -36,7 +36,10 @@ it ever started until the session ends, hidden once it is lost, so on an endless
 number of tracked objects, their memory and the cost of each frame only grow. Here an object
 that has been absent from the output (empty, hidden or suppressed) on ``evict_after_frames``
 consecutive frames is dropped with its memory and listed in ``FramePlan.evicted_obj_ids``; its
-id is never reused. ``None`` keeps the reference's behaviour.
+id is never reused. With eviction on, an object absent on this frame also gives way to a new
+detection once the session holds ``max_num_objects`` (longest absent first), so a crowd of lost
+objects cannot block visible new ones until they are evicted. ``None`` keeps the reference's
+behaviour in both.
 
 Streaming is forward-only: the reference's ``reverse`` propagation is not mirrored.
 """

@@ -581,6 +581,27 @@ def test_max_num_objects_keeps_the_best_new_detections():
     assert plan.new_det_indices.tolist() == [1] and plan.num_dropped == 2 and len(table) == 3
 
 
+def test_at_max_num_objects_absent_objects_give_way_to_new_ones_when_eviction_is_on():
+    cfg = VideoConfig(max_num_objects=3, hotstart_delay=1)
+    box_d = (12, 12, 18, 18)
+    _, table = step(MaskletTable.empty(), 0, [(BOX_A, 0.9), (BOX_B, 0.9), (BOX_C, 0.9)], {}, cfg, evict=300)
+    # object 1 is lost on frame 1 and object 0 on frame 2; object 2 stays visible
+    _, table = step(table, 1, [(BOX_A, 0.9), (BOX_C, 0.9)], {0: BOX_A, 1: None, 2: BOX_C}, cfg, evict=300)
+    tracks = {0: None, 1: None, 2: BOX_C}
+    plan, table = step(table, 2, [(BOX_C, 0.9), (box_d, 0.95)], tracks, cfg, evict=300)
+    # the longest-absent object gives way; the visible one and the more recently lost one stay
+    assert plan.evicted_obj_ids.tolist() == [1] and plan.num_dropped == 0
+    assert table.obj_ids.tolist() == [0, 2, 3]
+    # without eviction (the reference): the new detection is dropped instead
+    plan, ref_table = step(table, 3, [(BOX_C, 0.9), (BOX_B, 0.97)], {0: None, 2: BOX_C, 3: box_d}, cfg)
+    assert plan.evicted_obj_ids.tolist() == [] and plan.num_dropped == 1 and ref_table.obj_ids.tolist() == [0, 2, 3]
+    # with eviction, the one absent object (0) gives way; a visible one never does
+    plan, table = step(table, 3, [(BOX_C, 0.9), (BOX_B, 0.97), (BOX_A, 0.96)], {0: None, 2: BOX_C, 3: box_d}, cfg,
+                       evict=300)
+    assert plan.evicted_obj_ids.tolist() == [0] and plan.num_dropped == 1
+    assert table.obj_ids.tolist() == [2, 3, 4] and plan.out_obj_ids.tolist() == [2, 3, 4]
+
+
 def test_non_overlapping_gives_contested_pixels_to_the_higher_score():
     masks = masks_of([BOX_A, (6, 6, 16, 16)])
     for order in ([0, 1], [1, 0]):
