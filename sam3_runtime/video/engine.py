@@ -20,7 +20,7 @@ import torch
 from sam3_runtime.config import VideoConfig
 from sam3_runtime.host_reads import to_host
 from sam3_runtime.model import LoadedModel
-from sam3_runtime.preprocess import to_model_input
+from sam3_runtime.preprocess import FrameStaging, to_model_input
 from sam3_runtime.video.detect_batch import DetectionBatch, select_detections
 from sam3_runtime.video.memory import ObjectMemory, _to_device
 from sam3_runtime.video.plan_batch import BatchPlan, SessionFrame, plan_frames, shared_settings
@@ -54,6 +54,7 @@ class StreamingEngine:
         self.options = options or EngineOptions()
         self.video = video or loaded.config.video
         self._sessions: dict[str, TrackerSession] = {}
+        self._staging = FrameStaging(self.device)  # pinned upload buffer on CUDA, reused every step
 
     # -- sessions ---------------------------------------------------------------------------
     def open_session(self, stream_id: str, concepts: Sequence[str] = (), detection_threshold: float | None = None) -> None:
@@ -150,7 +151,8 @@ class StreamingEngine:
 
     def _step(self, batch: list[tuple[TrackerSession, np.ndarray]]) -> dict[str, FrameResult]:
         sessions = [s for s, _ in batch]
-        pixels = to_model_input([f for _, f in batch], self.loaded.config.image_size, self.device, self.loaded.dtype)
+        pixels = to_model_input([f for _, f in batch], self.loaded.config.image_size, self.device, self.loaded.dtype,
+                                staging=self._staging)
         vision = self.model.detector_model.encode_image(pixels)
         detections = self._detect(vision, sessions)
         feats = tracker_features(self.model, vision.backbone_features)
