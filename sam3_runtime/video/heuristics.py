@@ -248,36 +248,6 @@ def non_overlapping(
     return torch.where(owns, masks, masks.clamp(max=background))
 
 
-def connected_components(binary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """8-connected components of boolean masks ``[N, H, W]``.
-
-    Returns ``labels`` (int64; ``1 + flat index`` of some pixel of the component, 0 off-mask)
-    and ``areas`` (int64; the component's pixel count at each on-mask pixel, 0 off-mask).
-    Min-label propagation over 3x3 neighbourhoods with pointer jumping: labels always name a
-    pixel of their own component, so ``label <- label[label]`` shortcuts long chains.
-    """
-    n, h, w = binary.shape
-    if h * w >= 2**24:
-        raise ValueError("connected_components: masks above 2^24 pixels do not fit fp32 labels")
-    big = float(h * w + 1)
-    pixel_label = torch.arange(1, h * w + 1, device=binary.device, dtype=torch.float32).view(1, h, w)
-    labels = torch.where(binary, pixel_label, big)
-    for _ in range(h * w):
-        neighbour_min = -F.max_pool2d(-labels[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
-        updated = torch.where(binary, torch.minimum(labels, neighbour_min), big).flatten(1)
-        pointer = (updated.long() - 1).clamp(0, h * w - 1)
-        updated = torch.where(binary.flatten(1), updated.gather(1, pointer), big).view(n, h, w)
-        if torch.equal(updated, labels):
-            break
-        labels = updated
-    labels = torch.where(binary, labels.long(), 0).flatten(1)
-    counts = torch.zeros(n, h * w + 1, dtype=torch.long, device=binary.device)
-    counts.scatter_add_(1, labels, torch.ones_like(labels))
-    counts[:, 0] = 0
-    areas = counts.gather(1, labels)
-    return labels.view(n, h, w), areas.view(n, h, w)
-
-
 def small_component_areas(binary: torch.Tensor, max_area: int) -> torch.Tensor:
     """Areas (int64 ``[N, H, W]``) of the 8-connected components of ``binary`` that have at most
     ``max_area`` pixels; pixels of larger components get ``max_area + 1``, off-mask pixels 0.

@@ -19,7 +19,6 @@ from sam3_runtime.config import VideoConfig
 from sam3_runtime.masks import mask_nms
 from sam3_runtime.video.heuristics import (
     associate,
-    connected_components,
     fill_holes,
     filter_detections,
     non_overlapping,
@@ -264,19 +263,6 @@ def test_fill_holes_matches_transformers_kernel_path(monkeypatch):
     expected = ref.fill_holes_in_mask_scores(masks[:, None].clone(), 16)[:, 0]
     assert not torch.equal(expected, masks)
     torch.testing.assert_close(fill_holes(masks, 16), expected, rtol=0, atol=0)
-
-
-def test_connected_components_match_scipy():
-    g = torch.Generator().manual_seed(9)
-    binary = torch.rand(4, 40, 40, generator=g) < 0.45
-    binary[3] = False
-    binary[3, 1:-1:2, 1:-1] = True  # long snakes need many label hops
-    binary[3, 2:-1:4, -2] = True
-    binary[3, 4:-1:4, 1] = True
-    labels, areas = connected_components(binary)
-    _, ref_areas = scipy_cc_kernel(binary[:, None].to(torch.uint8))
-    assert torch.equal(areas, ref_areas[:, 0].long())
-    assert torch.equal(labels > 0, binary)
 
 
 @pytest.mark.parametrize("max_area", [1, 4, 16])
