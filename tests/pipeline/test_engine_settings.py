@@ -145,7 +145,10 @@ def _dropped_in_process(checkpoint, frames, cap: int) -> tuple[int, int]:
     from sam3_runtime.video.engine import StreamingEngine
 
     loaded = load_model(str(checkpoint), device="cpu")
-    engine = StreamingEngine(loaded, video=dataclasses.replace(loaded.config.video, max_num_objects=cap))
+    # eviction off: the random model's objects vanish on the next frame, and with eviction on a vanished
+    # object gives way to a new detection instead of the detection being dropped
+    engine = StreamingEngine(loaded, EngineOptions(evict_after_frames=None),
+                             video=dataclasses.replace(loaded.config.video, max_num_objects=cap))
     totals = []
     for _ in range(2):  # the stream re-opens its session (as after its own restart) between the two runs
         engine.open_session("cam", ["red square"], detection_threshold=0.05)
@@ -169,7 +172,7 @@ def test_dropped_detections_reach_the_metrics_endpoint_per_stream(ray_session, t
     first, second = _dropped_in_process(checkpoint, frames, cap=1)
     assert first > 0 and second > 0, "a random model at threshold 0.05 finds more than one object"
     job = parse_job(BASE + f"model:\n  checkpoint: {checkpoint}\n  device: cpu\n"
-                           "engine:\n  max_objects_per_stream: 1\n", env={})
+                           "engine:\n  max_objects_per_stream: 1\n  evict_after_frames: null\n", env={})
     engine = EngineActor.remote(EngineSettings.from_job(job))
     try:
         for _ in range(2):
