@@ -65,8 +65,15 @@ class EngineLink:
         return len(self._in_flight) >= self.window
 
     def open(self) -> None:
-        """Open the stream's session on the engine (a session it already had there starts over)."""
-        ray.get(self.engine.open.remote(self.stream_id, self.concepts, self.detection_threshold))
+        """Open the stream's session on the engine (a session it already had there starts over).
+
+        An engine that is dead or unreachable (its node just went away) is waited for, as in ``collect``.
+        """
+        try:
+            ray.get(self.engine.open.remote(self.stream_id, self.concepts, self.detection_threshold))
+        except RayActorError as e:
+            self._recover(e)
+            return
         self._started_session()
 
     def change_concepts(self, add: Sequence[str], remove: Sequence[str], detection_threshold: float) -> None:

@@ -92,3 +92,17 @@ def test_an_engine_that_does_not_come_back_fails_the_link(ray_session, link_inpu
     with pytest.raises(RuntimeError, match="did not come back within 1 s"):
         link.collect()
     link.close()  # a gone engine has nothing to close
+
+
+
+def test_opening_on_a_lost_engine_waits_for_it_like_every_other_call(ray_session, link_inputs):
+    from pipeline.engine_link import EngineLink
+
+    ray = ray_session
+    checkpoint, _ = link_inputs
+    engine = _engine(ray, checkpoint, max_restarts=0)
+    ray.get(engine.ready.remote())
+    ray.kill(engine, no_restart=True)  # a file's pass starts just as its engine's node goes away
+    link = EngineLink(engine, "cam", CONCEPTS, 0.1, window=2, wait_s=1.0)
+    with pytest.raises(RuntimeError, match="did not come back within 1 s"):
+        link.open()
