@@ -20,3 +20,13 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def scrape_served(metrics) -> dict[tuple[str, tuple], float]:
+    """Serve ``metrics`` (a ``JobMetrics``) on a free loopback port, scrape it once, and close it."""
+    port = free_port()
+    metrics.serve(port, "127.0.0.1")
+    try:
+        return scrape(port)
+    finally:
+        metrics.close()

@@ -163,7 +163,7 @@ def test_dropped_detections_reach_the_metrics_endpoint_per_stream(ray_session, t
     from pipeline.engine_actor import EngineActor
     from pipeline.metrics import JobMetrics
     from sam3_runtime.model import write_random_checkpoint
-    from tests.net import free_port, scrape
+    from tests.net import scrape_served
 
     ray = ray_session
     checkpoint = write_random_checkpoint(tmp_path / "tiny")
@@ -188,12 +188,7 @@ def test_dropped_detections_reach_the_metrics_endpoint_per_stream(ray_session, t
         ray.kill(engine)
     metrics = JobMetrics("lobby")
     metrics.update({}, {"engine-0": stats})
-    port = free_port()
-    metrics.serve(port, "127.0.0.1")
-    try:
-        got = scrape(port)
-    finally:
-        metrics.close()
+    got = scrape_served(metrics)
     key = ("sam3_engine_dropped_detections_total", (("engine", "engine-0"), ("job", "lobby"), ("stream", "cam")))
     assert got[key] == first + second
     assert not any(name == "sam3_engine_dropped_detections_total" and ("stream", "quiet") in labels

@@ -19,7 +19,7 @@ from pipeline.metrics import JobMetrics
 from pipeline.stream_stats import SinkCounts, StreamCounters, StreamStats
 from sam3_runtime.model import write_random_checkpoint
 from tests.background_job import BackgroundJob, wait_for
-from tests.net import free_port, scrape
+from tests.net import free_port, scrape, scrape_served
 
 # Only ends a wait that would otherwise hang; the job's own reports decide when to go on.
 SHORT_FPS = 5.0
@@ -140,12 +140,7 @@ def test_collector_counts_an_engine_rebuilt_between_polls_and_shows_gpu_memory_o
     metrics.update({}, {"engine-0": first})  # the same actor polled again, engine-1 busy: no restart
     on_gpu = EngineStats(started=200.0, gpu_memory_allocated_bytes=3 << 20, gpu_memory_reserved_bytes=8 << 20)
     metrics.update({}, {"engine-0": on_gpu})
-    port = free_port()
-    metrics.serve(port, "127.0.0.1")
-    try:
-        got = scrape(port)
-    finally:
-        metrics.close()
+    got = scrape_served(metrics)
     eng0, eng1 = (("engine", "engine-0"), ("job", "lobby")), (("engine", "engine-1"), ("job", "lobby"))
     assert got[("sam3_engine_restarts_total", eng0)] == 1
     assert got[("sam3_engine_restarts_total", eng1)] == 0
